@@ -1,0 +1,71 @@
+"""``python -m reasoning_viz.train {policy,prm,evaluate}``: rebuild and evaluate the bundled models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m reasoning_viz.train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("policy", "train the policy model"), ("prm", "train the PRM (needs the policy)")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--quick", action="store_true", help="a toy run in seconds (for tests)")
+        p.add_argument("--out", type=Path, help="output folder (default: assets/models/...)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=int, help="optimiser steps (default: the shipped recipe)")
+        if name == "prm":
+            p.add_argument("--policy", type=Path, help="policy folder to sample from")
+    e = sub.add_parser("evaluate", help="evaluation table on the held-out set")
+    e.add_argument("--policy", type=Path)
+    e.add_argument("--prm", type=Path)
+    e.add_argument("--samples", type=int, default=64, help="samples per problem (n)")
+    e.add_argument("--limit", type=int, help="problems per level (default: all)")
+    e.add_argument("--temperature", type=float)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+
+    if args.command == "policy":
+        from .policy import PolicyTrainConfig, train_policy
+
+        cfg = PolicyTrainConfig(seed=args.seed, quick=args.quick)
+        if args.quick:
+            cfg.steps, cfg.batch_size = 8, 4
+        if args.steps:
+            cfg.steps = args.steps
+        if args.out:
+            cfg.out_dir = args.out
+        print(f"saved to {train_policy(cfg)}")
+    elif args.command == "prm":
+        from .prm import PRMTrainConfig, train_prm
+
+        cfg = PRMTrainConfig(seed=args.seed, quick=args.quick)
+        if args.quick:
+            cfg.apply_quick()
+        if args.steps:
+            cfg.steps = args.steps
+        if args.out:
+            cfg.out_dir = args.out
+        if args.policy:
+            cfg.policy_dir = args.policy
+        print(f"saved to {train_prm(cfg)}")
+    else:
+        from .evaluate import EvalConfig, evaluate
+
+        cfg = EvalConfig(samples=args.samples, limit=args.limit, seed=args.seed)
+        if args.policy:
+            cfg.policy_dir = args.policy
+        if args.prm:
+            cfg.prm_dir = args.prm
+        if args.temperature is not None:
+            cfg.temperature = args.temperature
+        table = evaluate(cfg)
+        print(table)
+        if args.markdown:
+            args.markdown.write_text(table + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

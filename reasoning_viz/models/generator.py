@@ -1,0 +1,230 @@
+"""The batched step generator: K children for each of B frontier nodes in one batched decode.
+
+Why it is fast: every frontier node of a search shares the prompt (and often more), so the longest
+common prefix is prefilled once; its KV cache is copied to the B nodes, each node's own suffix is
+prefilled in one padded batch (explicit ``position_ids`` keep positions contiguous across the
+padding), and the cache is then repeated K times so all B*K children decode together. Rows that
+finish are dropped from the batch as it shrinks. Nodes stay token ids throughout: nothing is
+re-tokenised from joined strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+STEP_DELIMITER = "\n\n"
+
+
+@dataclass
+class StepSample:
+    """One generated child: its new tokens (delimiter included) and per-token statistics."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] = field(default_factory=list)  # log p(token) under the untempered model
+    margins: list[float] = field(default_factory=list)  # p(top-1) - p(top-2) at each position
+    finish: str = "step"  # "step": hit the delimiter; "eos": end of answer; "length": token cap
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+
+@dataclass
+class SamplingParams:
+    """How tokens are drawn. ``temperature == 0`` is greedy decoding."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_step_tokens: int = 48
+    stop_at_step: bool = True  # False: run to EOS (a whole solution in one call)
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_step_tokens < 1:
+            raise ValueError(f"max_step_tokens must be >= 1, got {self.max_step_tokens}")
+
+
+def _common_prefix_length(seqs: list[list[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return n
+
+
+class StepGenerator:
+    """Expands frontier nodes of a search tree with one model, in shared-prefix batches."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 step_delimiter: str = STEP_DELIMITER, memory_budget_mb: float = 1024.0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.memory_budget_bytes = memory_budget_mb * 2**20
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self.eos_ids = sorted(i for i in eos_ids if i is not None)
+        # Per-vocabulary flags, so stop checks are tensor lookups rather than string work per token.
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        vocab = max(len(tokenizer), model.get_output_embeddings().weight.shape[0])
+        self._has_delim = torch.zeros(vocab, dtype=torch.bool)
+        self._starts_nl = torch.zeros(vocab, dtype=torch.bool)
+        self._ends_nl = torch.zeros(vocab, dtype=torch.bool)
+        for i, t in enumerate(texts):
+            self._has_delim[i] = step_delimiter in t
+            self._starts_nl[i] = t.startswith("\n")
+            self._ends_nl[i] = t.endswith("\n")
+        self._is_eos = torch.zeros(vocab, dtype=torch.bool)
+        self._is_eos[self.eos_ids] = True
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self._kv_bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+
+    # ---- public API -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def expand(self, prefixes: list[list[int]], k: int, params: SamplingParams,
+               generator: torch.Generator | None = None,
+               first_tokens: list[list[int]] | None = None) -> list[list[StepSample]]:
+        """``k`` children for each prefix (token ids). ``first_tokens[b][j]`` forces child j's first token."""
+        params.validate()
+        if not prefixes or k < 1:
+            raise ValueError("expand needs at least one prefix and k >= 1")
+        if any(len(p) == 0 for p in prefixes):
+            raise ValueError("every prefix needs at least one token")
+        out: list[list[StepSample]] = []
+        for lo, hi, klo, khi in self._chunks(prefixes, k, params.max_step_tokens):
+            forced = None if first_tokens is None else [f[klo:khi] for f in first_tokens[lo:hi]]
+            part = self._expand_chunk(prefixes[lo:hi], khi - klo, params, generator, forced)
+            if klo == 0:
+                out.extend(part)
+            else:  # a node split across chunks: append the rest of its children
+                out[-1].extend(part[0])
+        return out
+
+    def prompt_ids(self, question: str, system_prompt: str | None = None) -> list[int]:
+        """Token ids of the chat prompt for ``question``, ready for the first expansion."""
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        messages.append({"role": "user", "content": question})
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        text = (system_prompt + "\n\n" if system_prompt else "") + question + "\n\n"
+        return self.tokenizer(text)["input_ids"]
+
+    # ---- internals --------------------------------------------------------------------------
+    def _chunks(self, prefixes: list[list[int]], k: int, max_new: int):
+        """Split the B*K rows so each chunk's KV cache fits the memory budget."""
+        longest = max(len(p) for p in prefixes) + max_new
+        max_rows = max(1, int(self.memory_budget_bytes // (longest * self._kv_bytes_per_token)))
+        if k > max_rows:  # one node's children alone exceed the budget
+            for b in range(len(prefixes)):
+                for klo in range(0, k, max_rows):
+                    yield b, b + 1, klo, min(k, klo + max_rows)
+            return
+        per_chunk = max(1, max_rows // k)
+        for lo in range(0, len(prefixes), per_chunk):
+            yield lo, min(len(prefixes), lo + per_chunk), 0, k
+
+    def _forward(self, ids, mask, positions, cache):
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                          past_key_values=cache, use_cache=True).logits[:, -1, :].float()
+
+    def _expand_chunk(self, prefixes, k, params, generator, forced):
+        dev = self.device
+        b = len(prefixes)
+        # 1. prefill the longest common prefix once (leave >= 1 token per row for step 2)
+        shared = min(_common_prefix_length(prefixes), min(len(p) for p in prefixes) - 1)
+        cache = DynamicCache(config=self.model.config)
+        if shared > 0:
+            ids = torch.tensor([prefixes[0][:shared]], device=dev)
+            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                       use_cache=True)
+            if b > 1:
+                cache.batch_repeat_interleave(b)
+        # 2. each node's own suffix, left-padded so every row's last real token is at the end
+        suffixes = [p[shared:] for p in prefixes]
+        width = max(len(s) for s in suffixes)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((b, width), pad, dtype=torch.long)
+        mask = torch.zeros((b, shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        pos = torch.zeros((b, width), dtype=torch.long)
+        for i, s in enumerate(suffixes):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, shared + width - len(s):] = 1
+            pos[i, width - len(s):] = torch.arange(shared, shared + len(s))
+        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+        logits = self._forward(ids, mask, pos, cache)
+        next_pos = torch.tensor([len(p) for p in prefixes], device=dev)
+        # 3. K children per node share that cache
+        if k > 1:
+            cache.batch_repeat_interleave(k)
+            logits, mask, next_pos = (logits.repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
+                                      next_pos.repeat_interleave(k, 0))
+        rows = b * k
+        forced_first = None
+        if forced is not None:
+            forced_first = torch.tensor([t for node in forced for t in node], device=dev)
+        return self._decode(logits, cache, mask, next_pos, rows, k, params, generator, forced_first)
+
+    def _sample(self, logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
+        if params.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / params.temperature, -1)
+        if params.top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
+            sorted_p[drop] = 0
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def _decode(self, logits, cache, mask, next_pos, rows, k, params, generator, forced_first):
+        dev = self.device
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logps: list[list[float]] = [[] for _ in range(rows)]
+        margins: list[list[float]] = [[] for _ in range(rows)]
+        finish = ["length"] * rows
+        active = torch.arange(rows, device=dev)  # original row index of each batch row
+        prev_ends_nl = torch.zeros(rows, dtype=torch.bool)
+        for t in range(params.max_step_tokens):
+            tok = self._sample(logits, params, generator)
+            if t == 0 and forced_first is not None:
+                tok = forced_first[active]
+            logp = torch.log_softmax(logits, -1)
+            top2 = logp.topk(2, -1).values.exp()
+            chosen = logp.gather(-1, tok[:, None]).squeeze(-1)
+            tok_cpu = tok.cpu()
+            is_eos = self._is_eos[tok_cpu]
+            hit_step = (self._has_delim[tok_cpu] | (prev_ends_nl[active.cpu()] & self._starts_nl[tok_cpu]))
+            done = is_eos | (hit_step if params.stop_at_step else torch.zeros_like(is_eos))
+            for r, row in enumerate(active.tolist()):
+                tokens[row].append(int(tok_cpu[r]))
+                logps[row].append(float(chosen[r]))
+                margins[row].append(float(top2[r, 0] - top2[r, 1]))
+                if done[r]:
+                    finish[row] = "eos" if is_eos[r] else "step"
+            prev_ends_nl[active.cpu()] = self._ends_nl[tok_cpu]
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0 or t == params.max_step_tokens - 1:
+                break
+            if keep.numel() < len(active):  # drop finished rows so later steps cost less
+                keep_dev = keep.to(dev)
+                cache.batch_select_indices(keep_dev)
+                active, tok, mask, next_pos = active[keep_dev], tok[keep_dev], mask[keep_dev], next_pos[keep_dev]
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], 1)
+            logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
+            next_pos = next_pos + 1
+        samples = [StepSample(tokens[r], self.tokenizer.decode(tokens[r], skip_special_tokens=True),
+                              logps[r], margins[r], finish[r]) for r in range(rows)]
+        return [samples[i * k:(i + 1) * k] for i in range(rows // k)]

@@ -1,0 +1,283 @@
+"""Step scorers: everything that gives each reasoning step a score in [0, 1].
+
+One interface (``StepScorer.score``): a batch of paths in, one score per step of each path out.
+Implementations here: the Math-Shepherd-format PRM (the bundled one), the exact calculator checker
+for the bundled domain, and the Monte-Carlo rollout estimate that Math-Shepherd trains on.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter, OrderedDict
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..problems.grading import answers_match, extract_boxed, normalize_answer
+
+
+class StepScorer(Protocol):
+    """Scores reasoning steps. ``paths[i]`` is the list of step texts of path i (no delimiters)."""
+
+    name: str
+
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        """One score in [0, 1] for every step of every path, higher = more likely correct."""
+        ...
+
+    @property
+    def tokens_scored(self) -> int:
+        """Tokens this scorer has run through a model so far (0 for rule-based scorers)."""
+        ...
+
+
+class MathShepherdPRM:
+    """A causal-LM PRM in the format of ``peiyi9979/math-shepherd-mistral-7b-prm``.
+
+    Input: ``f"{question} {output}"`` where output is ``"Step 1: ... ки\\nStep 2: ... ки"``; the
+    step score is softmax over the logits of ``+`` and ``-`` at each ``ки`` position, P(``+``).
+    Paths that extend an already-scored path reuse its KV cache (bounded by ``cache_mb``), so the
+    cost of scoring one new step does not grow with the depth of the tree.
+    """
+
+    name = "math-shepherd-prm"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, step_tag: str = "ки",
+                 good_token: str = "+", bad_token: str = "-", cache_mb: float = 256.0, batch_size: int = 16):
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.step_tag = step_tag
+        candidates = tokenizer.encode(f"{good_token} {bad_token}", add_special_tokens=False)
+        if len(candidates) != 2:
+            raise ValueError(f"'{good_token} {bad_token}' must tokenize to two tokens, got {candidates}")
+        self.candidate_ids = candidates
+        self.step_tag_id = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
+        self.batch_size = batch_size
+        self.cache_bytes = cache_mb * 2**20
+        # token ids of a scored path -> (its per-layer KV tensors, their bytes, its step scores)
+        self._cache: OrderedDict[tuple[int, ...], tuple[list[tuple[torch.Tensor, torch.Tensor]], int, list[float]]] = OrderedDict()
+        self._cached_bytes = 0
+        self._tokens_scored = 0
+        self._lock = threading.Lock()  # one model and cache shared by every user of the app
+
+    @property
+    def tokens_scored(self) -> int:
+        return self._tokens_scored
+
+    def format(self, question: str, steps: list[str]) -> str:
+        output = "\n".join(f"Step {i + 1}: {s.strip()} {self.step_tag}" for i, s in enumerate(steps))
+        return f"{question} {output}"
+
+    def encode(self, question: str, steps: list[str]) -> list[int]:
+        return self.tokenizer.encode(self.format(question, steps))
+
+    @torch.inference_mode()
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        out: list[list[float]] = []
+        with self._lock:
+            if len(paths) > 1:  # all paths share the question: run it once, reuse its cache
+                self._prime(question)
+            for lo in range(0, len(paths), self.batch_size):
+                out.extend(self._score_batch(question, paths[lo:lo + self.batch_size]))
+        return out
+
+    # ---- prefix KV cache ----------------------------------------------------------------
+    def _lookup(self, ids: list[int]):
+        """A cached prefix of ``ids`` (leaving at least one new token): (layers, length, scores)."""
+        for key in reversed(self._cache):  # most recent first: usually the parent
+            if len(key) < len(ids) and tuple(ids[:len(key)]) == key:
+                self._cache.move_to_end(key)
+                layers, _, scores = self._cache[key]
+                return layers, len(key), scores
+        return None, 0, []
+
+    def _store(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], scores: list[float]) -> None:
+        size = sum(k.numel() * k.element_size() * 2 for k, _ in layers)
+        key = tuple(ids)
+        if size > self.cache_bytes or key in self._cache:
+            return
+        self._cache[key] = (layers, size, scores)
+        self._cached_bytes += size
+        while self._cached_bytes > self.cache_bytes:
+            _, (_, old, _) = self._cache.popitem(last=False)
+            self._cached_bytes -= old
+
+    def reset(self) -> None:
+        """Forget cached prefixes: a run that starts from an empty cache computes bit-identical scores."""
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    def _prime(self, question: str) -> None:
+        ids = self.tokenizer.encode(question)
+        if not ids or tuple(ids) in self._cache:
+            return
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True)
+        self._tokens_scored += len(ids)
+        self._store(ids, [(k.clone(), v.clone()) for k, v in _cache_layers(cache)], [])
+
+    def _score_batch(self, question: str, paths: list[list[str]]) -> list[list[float]]:
+        dev = self.device
+        seqs = [self.encode(question, steps) for steps in paths]
+        found = [self._lookup(s) for s in seqs]
+        cached_len = [n for _, n, _ in found]
+        width_c = max(cached_len)
+        new = [s[n:] for s, n in zip(seqs, cached_len)]
+        width_n = max(len(x) for x in new)
+        rows = len(seqs)
+        # cached prefixes are left-padded to a common width; new tokens are right-padded
+        cache = None
+        if width_c > 0:
+            n_layers = self.model.config.num_hidden_layers
+            data = []
+            for layer in range(n_layers):
+                ks, vs = [], []
+                for (layers, n, _) in found:
+                    if layers is None:
+                        ref_k, ref_v = next(l for l, _, _ in found if l is not None)[layer]
+                        k = ref_k.new_zeros(ref_k.shape[:2] + (width_c,) + ref_k.shape[3:])
+                        v = ref_v.new_zeros(k.shape)
+                    else:
+                        k, v = layers[layer]
+                        pad = width_c - n
+                        if pad:
+                            k = torch.cat([k.new_zeros(k.shape[:2] + (pad,) + k.shape[3:]), k], 2)
+                            v = torch.cat([v.new_zeros(v.shape[:2] + (pad,) + v.shape[3:]), v], 2)
+                    ks.append(k)
+                    vs.append(v)
+                data.append((torch.cat(ks, 0), torch.cat(vs, 0)))
+            cache = DynamicCache(data, config=self.model.config)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((rows, width_n), pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, width_c + width_n), dtype=torch.long)
+        pos = torch.zeros((rows, width_n), dtype=torch.long)
+        for i, (x, n) in enumerate(zip(new, cached_len)):
+            ids[i, :len(x)] = torch.tensor(x)
+            mask[i, width_c - n:width_c + len(x)] = 1
+            pos[i, :len(x)] = torch.arange(n, n + len(x))
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                            past_key_values=cache, use_cache=True).logits
+        self._tokens_scored += sum(len(x) for x in new)
+        probs = logits[:, :, self.candidate_ids].float().softmax(-1)[:, :, 0].cpu()
+        results = []
+        for i, (seq, n) in enumerate(zip(seqs, cached_len)):
+            # scores at every tag of the full path: the cached part was scored when it was stored
+            prefix_scores = found[i][2]
+            new_ids = torch.tensor(new[i])
+            new_scores = probs[i, :len(new[i])][new_ids == self.step_tag_id].tolist()
+            full = prefix_scores + new_scores
+            results.append(full)
+            layers = [(layer_k[i:i + 1, :, width_c - n:width_c + len(new[i])].clone(),
+                       layer_v[i:i + 1, :, width_c - n:width_c + len(new[i])].clone())
+                      for layer_k, layer_v in _cache_layers(cache)]
+            self._store(seq, layers, full)
+        return results
+
+
+def _cache_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class CalculatorChecker:
+    """Exact rule-based step checker for TinyGSM-style steps (and any step with ``a op b = c``).
+
+    A step is correct when every equation in it is arithmetically true, and the numbers it uses come
+    from the question or from earlier results (so a made-up operand counts as an error). A final
+    answer step is correct when its boxed answer equals the last computed result.
+    """
+
+    name = "calculator"
+    _EQ = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/×÷])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
+
+    @property
+    def tokens_scored(self) -> int:
+        return 0
+
+    def check_path(self, question: str, steps: list[str]) -> list[bool]:
+        known = {float(x) for x in re.findall(r"\d+(?:\.\d+)?", question)}
+        last_result: float | None = None
+        verdicts = []
+        for step in steps:
+            boxed = extract_boxed(step)
+            equations = self._EQ.findall(step)
+            if boxed is not None and not equations:
+                ok = last_result is not None and normalize_answer(boxed) == normalize_answer(_fmt(last_result))
+                if last_result is None:  # answer given with no work: check it is a known number
+                    ok = _to_float(boxed) in known
+                verdicts.append(ok)
+                continue
+            ok = bool(equations)
+            for a, op, b, c in equations:
+                a_f, b_f, c_f = float(a), float(b), float(c)
+                value = {"+": a_f + b_f, "-": a_f - b_f, "*": a_f * b_f, "×": a_f * b_f,
+                         "/": a_f / b_f if b_f else float("nan"), "÷": a_f / b_f if b_f else float("nan")}[op]
+                ok = ok and abs(value - c_f) < 1e-9 and a_f in known and b_f in known
+                known.add(c_f)
+                last_result = c_f
+            verdicts.append(ok)
+        return verdicts
+
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        return [[1.0 if ok else 0.0 for ok in self.check_path(question, steps)] for steps in paths]
+
+
+def _to_float(s: str) -> float | None:
+    try:
+        return float(normalize_answer(s) or "")
+    except ValueError:
+        return None
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+class MCRolloutScorer:
+    """Math-Shepherd's Monte-Carlo estimate: the fraction of K rollouts from a step that reach the
+    gold answer (or, with no gold, that agree with the majority answer of all rollouts)."""
+
+    name = "mc-rollout"
+
+    def __init__(self, generator, params, rollouts: int = 8, system_prompt: str | None = None,
+                 seed: int = 0):
+        from .generator import SamplingParams
+
+        self.generator = generator
+        self.params = SamplingParams(temperature=params.temperature, top_p=params.top_p,
+                                     max_step_tokens=params.max_step_tokens * 8, stop_at_step=False)
+        self.rollouts = rollouts
+        self.system_prompt = system_prompt
+        self._rng = torch.Generator().manual_seed(seed)
+        self._tokens = 0
+
+    @property
+    def tokens_scored(self) -> int:
+        return self._tokens
+
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        prompt = self.generator.prompt_ids(question, self.system_prompt)
+        tok = self.generator.tokenizer
+        prefixes, owners = [], []
+        for i, steps in enumerate(paths):
+            for j in range(len(steps)):
+                text = "\n\n".join(s.strip() for s in steps[: j + 1]) + "\n\n"
+                prefixes.append(prompt + tok(text, add_special_tokens=False)["input_ids"])
+                owners.append((i, j))
+        children = self.generator.expand(prefixes, self.rollouts, self.params, generator=self._rng)
+        scores = [[0.0] * len(steps) for steps in paths]
+        for (i, j), rolls in zip(owners, children):
+            self._tokens += sum(len(r.token_ids) for r in rolls)
+            answers = [extract_boxed(r.text) or extract_boxed(paths[i][j]) for r in rolls]
+            if gold is not None:
+                hits = sum(answers_match(a, gold) for a in answers)
+            else:
+                counted = Counter(normalize_answer(a) for a in answers if a is not None)
+                top = counted.most_common(1)[0][1] if counted else 0
+                hits = top
+            scores[i][j] = hits / len(rolls)
+        return scores

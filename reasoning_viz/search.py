@@ -1,0 +1,240 @@
+"""Running a strategy: the context a strategy searches through, budgets, and ``run_search``.
+
+A strategy only calls ``SearchContext.expand`` (generate and score children) and the tree's own
+methods (prune, update, note). The context turns model output into tree nodes, keeps the totals,
+enforces the caps and cancellation, and tells a listener (the UI) after every change.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .models.generator import SamplingParams, StepGenerator, StepSample
+from .models.scorers import StepScorer
+from .problems.grading import answers_match, extract_boxed, normalize_answer
+from .tree import SearchTree
+
+
+@dataclass
+class Budget:
+    """Caps on one run. A run that reaches one stops cleanly and says so in its record."""
+
+    max_nodes: int = 2000
+    max_tokens: int = 200_000
+    max_seconds: float = 300.0
+
+    def validate(self) -> None:
+        if self.max_nodes < 2 or self.max_tokens < 1 or self.max_seconds <= 0:
+            raise ValueError("budget caps must be positive (max_nodes >= 2)")
+
+
+@dataclass
+class Models:
+    """What a search runs with: a step generator (policy) and a step scorer (PRM or other)."""
+
+    generator: StepGenerator
+    scorer: StepScorer
+    policy_id: str
+    scorer_id: str
+    system_prompt: str | None = None
+
+
+class SearchStopped(Exception):
+    """Raised inside a strategy when a cap is reached or the user cancels; the run ends cleanly."""
+
+
+class SearchContext:
+    """The strategy's handle on models, tree, budget and randomness for one run."""
+
+    def __init__(self, tree: SearchTree, models: Models, budget: Budget, seed: int, gold: str | None,
+                 on_update: Callable[["SearchContext"], None] | None = None,
+                 cancel: threading.Event | None = None):
+        self.tree, self.models, self.budget, self.gold = tree, models, budget, gold
+        self.rng = torch.Generator(device=models.generator.device).manual_seed(seed)
+        self.on_update = on_update
+        self.cancel = cancel or threading.Event()
+        self.started = time.perf_counter()
+        self.policy_tokens = 0
+        self.scorer_tokens_start = models.scorer.tokens_scored
+        self.seconds_generating = 0.0
+        self.seconds_scoring = 0.0
+        self.samples: dict[int, StepSample] = {}  # runtime only: the raw sample behind each node
+        prompt = models.generator.prompt_ids(tree.question, models.system_prompt)
+        tree.token_ids[0] = prompt
+        context = getattr(models.generator.model.config, "max_position_embeddings", None)
+        if context and len(prompt) >= context:
+            raise ValueError(f"the question is {len(prompt)} tokens, over the model's context of {context}")
+
+    # ---- budget ---------------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def scorer_tokens(self) -> int:
+        return self.models.scorer.tokens_scored - self.scorer_tokens_start
+
+    def _affordable(self, nodes: list[int], k: int, max_step_tokens: int) -> list[int]:
+        """The nodes that can still be expanded within the caps (in order); raise if none."""
+        if self.cancel.is_set():
+            raise SearchStopped("cancelled by the user")
+        if self.elapsed >= self.budget.max_seconds:
+            raise SearchStopped(f"time cap reached ({self.budget.max_seconds:g} s)")
+        room_nodes = (self.budget.max_nodes - len(self.tree)) // k
+        room_tokens = (self.budget.max_tokens - self.policy_tokens) // (k * max_step_tokens)
+        fit = min(len(nodes), room_nodes, room_tokens)
+        if fit <= 0:
+            which = "node" if room_nodes <= 0 else "token"
+            cap = self.budget.max_nodes if which == "node" else self.budget.max_tokens
+            raise SearchStopped(f"{which} cap reached ({cap})")
+        return nodes[:fit]
+
+    # ---- the one operation strategies need ---------------------------------------------------
+    def expand(self, node_ids: list[int], k: int, params: SamplingParams, *, stage: str | None = None,
+               first_tokens: list[list[int]] | None = None, what: str = "") -> list[list[int]]:
+        """Generate ``k`` scored children under each node; returns the new ids per node.
+
+        Expands fewer nodes than asked when a cap would be crossed, and raises ``SearchStopped``
+        when none can be expanded.
+        """
+        nodes = self._affordable(list(node_ids), k, params.max_step_tokens)
+        t0 = time.perf_counter()
+        prefixes = [self.tree.path_token_ids(n) for n in nodes]
+        forced = first_tokens[: len(nodes)] if first_tokens is not None else None
+        samples = self.models.generator.expand(prefixes, k, params, generator=self.rng, first_tokens=forced)
+        self.seconds_generating += time.perf_counter() - t0
+        new_ids: list[list[int]] = []
+        for node_id, children in zip(nodes, samples):
+            self.policy_tokens += sum(len(c.token_ids) for c in children)
+            label = what or f"Expanded node {node_id}"
+            ids = self.tree.add_children(node_id, [self._node_fields(c) for c in children],
+                                         f"{label}: {len(children)} new step(s) at depth "
+                                         f"{self.tree.node(node_id).depth + 1}",
+                                         token_ids=[c.token_ids for c in children], stage=stage)
+            self.samples.update(zip(ids, children))
+            new_ids.append(ids)
+        self.score([i for ids in new_ids for i in ids])
+        return new_ids
+
+    def score(self, node_ids: list[int]) -> None:
+        """Score the last step of each node's path with the run's scorer (one batched call)."""
+        if not node_ids:
+            return
+        t0 = time.perf_counter()
+        paths = [self.tree.steps(n) for n in node_ids]
+        scores = self.models.scorer.score(self.tree.question, paths, gold=self.gold)
+        self.seconds_scoring += time.perf_counter() - t0
+        self.tree.set_scores({n: s[-1] for n, s in zip(node_ids, scores)},
+                             f"Scored {len(node_ids)} new step(s) with {self.models.scorer.name}")
+        self.notify()
+
+    def top_first_tokens(self, node_id: int, k: int) -> list[int]:
+        """The ``k`` most likely next tokens after a node (for CoT-decoding's branching)."""
+        ids = torch.tensor([self.tree.path_token_ids(node_id)], device=self.models.generator.device)
+        with torch.inference_mode():
+            logits = self.models.generator.model(input_ids=ids).logits[0, -1]
+        return logits.topk(k).indices.tolist()
+
+    def notify(self) -> None:
+        if self.on_update is not None:
+            self.on_update(self)
+
+    # ---- turning samples into nodes -----------------------------------------------------------
+    def _node_fields(self, sample: StepSample) -> dict[str, Any]:
+        text = sample.text.strip()
+        answer = extract_boxed(text)
+        terminal = sample.finish == "eos" or answer is not None
+        fields: dict[str, Any] = {
+            "text": text, "num_tokens": len(sample.token_ids), "mean_logprob": sample.mean_logprob,
+            "finish": sample.finish, "status": "terminal" if terminal else "open",
+            "answer": normalize_answer(answer),
+        }
+        if terminal and answer is not None:
+            fields["confidence"] = self._answer_confidence(sample)
+            if self.gold is not None:
+                fields["correct"] = answers_match(answer, self.gold)
+        return fields
+
+    def _answer_confidence(self, sample: StepSample) -> float | None:
+        """CoT-decoding's confidence: mean p(top-1) - p(top-2) over the answer's tokens."""
+        tok = self.models.generator.tokenizer
+        text = ""
+        spans = []
+        for t in sample.token_ids:
+            start = len(text)
+            text = tok.decode(sample.token_ids[: len(spans) + 1], skip_special_tokens=True)
+            spans.append((start, len(text)))
+        open_at = text.rfind("\\boxed{")
+        if open_at < 0:
+            return None
+        lo = open_at + len("\\boxed{")
+        hi = text.find("}", lo)
+        hi = len(text) if hi < 0 else hi
+        margins = [m for (a, b), m in zip(spans, sample.margins) if b > lo and a < hi]
+        return sum(margins) / len(margins) if margins else None
+
+    def totals(self) -> dict[str, Any]:
+        wall = self.elapsed
+        return {"policy_tokens": self.policy_tokens, "scorer_tokens": self.scorer_tokens,
+                "nodes": len(self.tree), "seconds_total": round(wall, 3),
+                "seconds_generating": round(self.seconds_generating, 3),
+                "seconds_scoring": round(self.seconds_scoring, 3),
+                "seconds_other": round(max(0.0, wall - self.seconds_generating - self.seconds_scoring), 3)}
+
+
+def library_versions() -> dict[str, str]:
+    import networkx
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "networkx": networkx.__version__}
+
+
+def run_search(question: str, strategy: str, models: Models, params: Any = None, *, seed: int = 0,
+               budget: Budget | None = None, gold: str | int | None = None,
+               on_update: Callable[[SearchContext], None] | None = None,
+               cancel: threading.Event | None = None) -> SearchTree:
+    """Run one strategy on one question; returns the complete record, with the answer selected."""
+    from .strategies import STRATEGIES
+
+    question = (question or "").strip()
+    if not question:
+        raise ValueError("the question is empty")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    spec = STRATEGIES[strategy]
+    params = params if params is not None else spec.params()
+    if not isinstance(params, spec.params):
+        raise TypeError(f"{strategy} takes {spec.params.__name__}, got {type(params).__name__}")
+    params.validate()
+    budget = budget or Budget()
+    budget.validate()
+    gold_text = None if gold is None or str(gold).strip() == "" else str(gold).strip()
+    tree = SearchTree(question, run={
+        "question": question, "gold": gold_text, "strategy": strategy, "params": asdict(params),
+        "seed": seed, "budget": asdict(budget), "models": {"policy": models.policy_id, "scorer": models.scorer_id},
+        "system_prompt": models.system_prompt, "versions": library_versions(),
+    })
+    if hasattr(models.scorer, "reset"):  # same seed, same tree: no state carried over from other runs
+        models.scorer.reset()
+    ctx = SearchContext(tree, models, budget, seed, gold_text, on_update, cancel)
+    tree.run["stopped"] = None
+    try:
+        spec.run(ctx, params)
+    except SearchStopped as stop:
+        tree.run["stopped"] = str(stop)
+        tree.note("stopped", f"Search stopped early: {stop}")
+    selection = spec.select(tree, params)
+    tree.run["selection"] = selection.to_json()
+    if selection.node_id is not None:
+        tree.select_path(selection.node_id, selection.detail)
+    tree.run["totals"] = ctx.totals()
+    ctx.notify()
+    return tree

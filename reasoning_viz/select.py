@@ -1,0 +1,136 @@
+"""Answer selection: pure functions over a finished tree, so a recorded run can be re-judged.
+
+Each rule returns a ``Selection``: the chosen answer, the terminal node whose path is shown as
+chosen, the rule's evidence (vote counts or the best score) and one sentence saying how.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+from .tree import Node, SearchTree, aggregate
+
+
+@dataclass
+class Selection:
+    rule: str
+    answer: str | None
+    node_id: int | None
+    score: float | None = None
+    votes: dict[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def path_score(tree: SearchTree, node_id: int, aggregation: str = "last") -> float:
+    """The aggregated step score of the path from the root to ``node_id`` (unscored steps skipped)."""
+    scores = [n.step_score for n in tree.path(node_id)[1:] if n.step_score is not None]
+    return aggregate(scores, aggregation)
+
+
+def answered(tree: SearchTree) -> list[Node]:
+    """Terminal nodes that carry an extracted answer, in creation order."""
+    return [n for n in tree.terminals() if n.answer is not None]
+
+
+def _nothing(rule: str) -> Selection:
+    return Selection(rule, None, None, detail="No finished path gave an answer, so nothing was chosen.")
+
+
+def _pick_node(tree: SearchTree, nodes: list[Node], aggregation: str) -> Node:
+    # the best-scored path with the winning answer; earliest node on ties (deterministic)
+    return max(nodes, key=lambda n: (path_score(tree, n.id, aggregation), -n.id))
+
+
+def majority_vote(tree: SearchTree, aggregation: str = "last") -> Selection:
+    """The most frequent final answer (self-consistency, Wang et al. 2023)."""
+    nodes = answered(tree)
+    if not nodes:
+        return _nothing("majority")
+    votes: dict[str, float] = defaultdict(float)
+    for n in nodes:
+        votes[n.answer] += 1
+    best = max(votes, key=lambda a: (votes[a], -min(n.id for n in nodes if n.answer == a)))
+    node = _pick_node(tree, [n for n in nodes if n.answer == best], aggregation)
+    return Selection("majority", best, node.id, votes[best], dict(votes),
+                     f"Majority vote: {best} got {votes[best]:g} of {len(nodes)} votes")
+
+
+def weighted_vote(tree: SearchTree, aggregation: str = "last") -> Selection:
+    """Each answer's votes weighted by its paths' aggregated PRM scores, summed."""
+    nodes = answered(tree)
+    if not nodes:
+        return _nothing("weighted")
+    votes: dict[str, float] = defaultdict(float)
+    for n in nodes:
+        votes[n.answer] += path_score(tree, n.id, aggregation)
+    best = max(votes, key=lambda a: (votes[a], -min(n.id for n in nodes if n.answer == a)))
+    node = _pick_node(tree, [n for n in nodes if n.answer == best], aggregation)
+    return Selection("weighted", best, node.id, votes[best], dict(votes),
+                     f"Weighted vote ({aggregation} score): {best} with weight {votes[best]:.2f}")
+
+
+def best_score(tree: SearchTree, aggregation: str = "last") -> Selection:
+    """The answer of the single path with the highest aggregated score (best-of-N)."""
+    nodes = answered(tree)
+    if not nodes:
+        return _nothing("best")
+    node = _pick_node(tree, nodes, aggregation)
+    score = path_score(tree, node.id, aggregation)
+    return Selection("best", node.answer, node.id, score, {},
+                     f"Best path by {aggregation} score: {node.answer} (score {score:.3f})")
+
+
+def best_confidence(tree: SearchTree, aggregation: str = "last") -> Selection:
+    """The answer whose tokens the model was most confident about (CoT-decoding, Wang & Zhou 2024)."""
+    nodes = [n for n in answered(tree) if n.confidence is not None]
+    if not nodes:
+        return _nothing("confidence")
+    node = max(nodes, key=lambda n: (n.confidence, -n.id))
+    return Selection("confidence", node.answer, node.id, node.confidence,
+                     {n.answer: round(n.confidence, 4) for n in nodes},
+                     f"Most confident answer: {node.answer} (confidence {node.confidence:.3f})")
+
+
+def most_visited(tree: SearchTree, aggregation: str = "last") -> Selection:
+    """Follow the most-visited child from the root (MCTS); fall back to the best-scored answer."""
+    current = tree.node(0)
+    while True:
+        kids = [c for c in tree.children(current.id) if c.visits]
+        if not kids:
+            break
+        current = max(kids, key=lambda c: (c.visits, c.value or 0.0, -c.id))
+    if current.status == "terminal" and current.answer is not None:
+        return Selection("most-visited", current.answer, current.id, current.value, {},
+                         f"Most-visited path ends in {current.answer} ({current.visits} visits)")
+    fallback = best_score(tree, aggregation)
+    fallback.detail = "Most-visited path has no answer yet; " + fallback.detail[0].lower() + fallback.detail[1:]
+    return fallback
+
+
+def shortest_confident(tree: SearchTree, aggregation: str = "min", threshold: float = 0.5) -> Selection:
+    """The shortest path whose aggregated score clears ``threshold`` (the fast/slow summary)."""
+    nodes = [n for n in answered(tree) if path_score(tree, n.id, aggregation) >= threshold]
+    if not nodes:
+        fallback = best_score(tree, aggregation)
+        fallback.detail = f"No path scored >= {threshold:g}; " + fallback.detail[0].lower() + fallback.detail[1:]
+        return fallback
+    node = min(nodes, key=lambda n: (sum(p.num_tokens for p in tree.path(n.id)[1:]),
+                                     -path_score(tree, n.id, aggregation), n.id))
+    score = path_score(tree, node.id, aggregation)
+    return Selection("shortest-confident", node.answer, node.id, score, {},
+                     f"Shortest path scoring >= {threshold:g}: {node.answer} ({node.depth} steps, score {score:.3f})")
+
+
+RULES = {"majority": majority_vote, "weighted": weighted_vote, "best": best_score,
+         "confidence": best_confidence, "most-visited": most_visited}
+
+
+def select(tree: SearchTree, rule: str, aggregation: str = "last") -> Selection:
+    """Apply the named rule; ``aggregation`` is one of last/min/prod/mean."""
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; choose one of {sorted(RULES)}")
+    return RULES[rule](tree, aggregation)

@@ -1,0 +1,296 @@
+"""The search-tree record: every node a strategy ever generated, and the event log that built it.
+
+A ``SearchTree`` wraps a ``networkx.DiGraph`` behind a small typed API. Every change goes through
+a method that appends one event to an append-only log, each event carrying the new nodes and the
+field updates it made, so ``replay(events, t)`` rebuilds the tree exactly as it was after event t.
+Trees save to and load from versioned JSON (``SCHEMA``, ``SCHEMA_VERSION``) with validation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+SCHEMA = "reasoning-viz/search-tree"
+SCHEMA_VERSION = 1
+STATUSES = ("open", "expanded", "pruned", "terminal")
+AGGREGATIONS = ("last", "min", "prod", "mean")
+
+
+class TreeFormatError(ValueError):
+    """A tree file that is not a valid search-tree record (bad JSON, wrong schema, future version)."""
+
+
+@dataclass
+class Node:
+    """One reasoning step (the root holds the question)."""
+
+    id: int
+    parent: int | None
+    depth: int
+    text: str
+    num_tokens: int = 0
+    step_score: float | None = None
+    path_score: dict[str, float] | None = None  # aggregation name -> score of the path to here
+    visits: int | None = None  # MCTS
+    value: float | None = None  # MCTS mean backed-up value
+    prior: float | None = None  # MCTS prior among siblings
+    mean_logprob: float | None = None
+    confidence: float | None = None  # CoT-decoding answer confidence
+    status: str = "open"
+    reason: str | None = None  # why a node was pruned
+    answer: str | None = None
+    correct: bool | None = None
+    selected: bool = False
+    stage: str | None = None  # fast/slow pipeline stage
+    finish: str | None = None  # "step", "eos" or "length"
+    event: int = 0  # index of the event that created it
+
+
+NODE_FIELDS = {f.name for f in fields(Node)}
+
+
+def aggregate(scores: list[float], how: str) -> float:
+    """Combine a path's step scores: ``last``, ``min``, ``prod`` (product) or ``mean``."""
+    if not scores:
+        return 0.0
+    if how == "last":
+        return scores[-1]
+    if how == "min":
+        return min(scores)
+    if how == "prod":
+        out = 1.0
+        for s in scores:
+            out *= s
+        return out
+    if how == "mean":
+        return sum(scores) / len(scores)
+    raise ValueError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
+
+
+@dataclass
+class Event:
+    """One entry of the event log: a kind, a sentence for people, and what it changed."""
+
+    index: int
+    kind: str  # created, scored, pruned, expanded, backed-up, selected, stage, stopped
+    message: str
+    new_nodes: list[dict] = field(default_factory=list)
+    updates: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "kind": self.kind, "message": self.message,
+                "new_nodes": self.new_nodes, "updates": {str(k): v for k, v in self.updates.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Event":
+        return cls(int(d["index"]), str(d["kind"]), str(d["message"]), list(d.get("new_nodes", [])),
+                   {int(k): dict(v) for k, v in d.get("updates", {}).items()})
+
+
+class SearchTree:
+    """The record of one search run: nodes, the event log, and the run's metadata (``run``)."""
+
+    def __init__(self, question: str, run: dict[str, Any] | None = None):
+        self.graph = nx.DiGraph()
+        self.events: list[Event] = []
+        self.run: dict[str, Any] = dict(run or {})
+        self.run.setdefault("question", question)
+        self.token_ids: dict[int, list[int]] = {}  # runtime only: each node's own new tokens
+        root = Node(id=0, parent=None, depth=0, text=question, status="open")
+        self._emit("created", "Question posed", new_nodes=[root])
+
+    # ---- reading ------------------------------------------------------------------------
+    @property
+    def question(self) -> str:
+        return self.node(0).text
+
+    def node(self, node_id: int) -> Node:
+        return self.graph.nodes[node_id]["node"]
+
+    def nodes(self) -> list[Node]:
+        return [self.graph.nodes[i]["node"] for i in sorted(self.graph.nodes)]
+
+    def children(self, node_id: int) -> list[Node]:
+        return [self.node(c) for c in sorted(self.graph.successors(node_id))]
+
+    def path(self, node_id: int) -> list[Node]:
+        """Nodes from the root to ``node_id``, both included."""
+        out = []
+        current: int | None = node_id
+        while current is not None:
+            n = self.node(current)
+            out.append(n)
+            current = n.parent
+        return out[::-1]
+
+    def steps(self, node_id: int) -> list[str]:
+        """The step texts from the root's first child down to ``node_id``."""
+        return [n.text for n in self.path(node_id)[1:]]
+
+    def path_token_ids(self, node_id: int) -> list[int]:
+        return [t for n in self.path(node_id) for t in self.token_ids.get(n.id, [])]
+
+    def terminals(self) -> list[Node]:
+        return [n for n in self.nodes() if n.status == "terminal"]
+
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+    # ---- changing (each method is one event) ---------------------------------------------
+    def _emit(self, kind: str, message: str, new_nodes: list[Node] = (),
+              updates: dict[int, dict[str, Any]] | None = None) -> Event:
+        event = Event(len(self.events), kind, message, [], {})
+        for n in new_nodes:
+            n.event = event.index
+            self.graph.add_node(n.id, node=n)
+            if n.parent is not None:
+                self.graph.add_edge(n.parent, n.id)
+            event.new_nodes.append(asdict(n))
+        for node_id, changes in (updates or {}).items():
+            node = self.node(node_id)
+            for key, value in changes.items():
+                setattr(node, key, value)
+            event.updates[node_id] = dict(changes)
+        self.events.append(event)
+        return event
+
+    def add_children(self, parent: int, children: list[dict[str, Any]], message: str,
+                     token_ids: list[list[int]] | None = None, stage: str | None = None) -> list[int]:
+        """Add generated children under ``parent``; each dict holds Node fields (text, num_tokens, ...)."""
+        start = max(self.graph.nodes) + 1
+        depth = self.node(parent).depth + 1
+        nodes = [Node(id=start + i, parent=parent, depth=depth, stage=stage, **c) for i, c in enumerate(children)]
+        for node, ids in zip(nodes, token_ids or []):
+            self.token_ids[node.id] = list(ids)
+        updates = {parent: {"status": "expanded"}} if self.node(parent).status == "open" else {}
+        self._emit("created", message, new_nodes=nodes, updates=updates)
+        return [n.id for n in nodes]
+
+    def set_scores(self, step_scores: dict[int, float], message: str) -> None:
+        """Record step scores; each node's path scores are aggregated from its ancestors' scores."""
+        updates: dict[int, dict[str, Any]] = {}
+        for node_id, score in step_scores.items():
+            scores = [n.step_score for n in self.path(node_id)[1:-1] if n.step_score is not None] + [score]
+            updates[node_id] = {"step_score": float(score),
+                                "path_score": {how: aggregate(scores, how) for how in AGGREGATIONS}}
+        self._emit("scored", message, updates=updates)
+
+    def prune(self, reasons: dict[int, str], message: str) -> None:
+        self._emit("pruned", message, updates={i: {"status": "pruned", "reason": r} for i, r in reasons.items()})
+
+    def update(self, changes: dict[int, dict[str, Any]], kind: str, message: str) -> None:
+        """Any other field changes (MCTS backup, confidences, ...), validated against Node's fields."""
+        for node_id, c in changes.items():
+            unknown = set(c) - NODE_FIELDS
+            if unknown:
+                raise KeyError(f"unknown node fields {sorted(unknown)}")
+        self._emit(kind, message, updates=changes)
+
+    def note(self, kind: str, message: str) -> None:
+        """An event that changes no node (a stage begins, the search stops at a cap)."""
+        self._emit(kind, message)
+
+    def select_path(self, node_id: int, message: str) -> None:
+        """Mark the path from the root to ``node_id`` as the chosen answer's path."""
+        previous = {n.id: {"selected": False} for n in self.nodes() if n.selected}
+        chosen = {n.id: {"selected": True} for n in self.path(node_id)}
+        self._emit("selected", message, updates={**previous, **chosen})
+
+    # ---- JSON ---------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "version": SCHEMA_VERSION, "run": self.run,
+                "nodes": [asdict(n) for n in self.nodes()], "events": [e.to_json() for e in self.events]}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.dumps(), encoding="utf-8")
+
+    @classmethod
+    def from_json(cls, data: Any) -> "SearchTree":
+        """Rebuild a tree from its JSON record, validating it; raises ``TreeFormatError``."""
+        validate(data)
+        events = [Event.from_json(e) for e in data["events"]]
+        tree = replay(events, len(events) - 1, run=data["run"])
+        saved = {int(n["id"]): n for n in data["nodes"]}
+        rebuilt = {n.id: asdict(n) for n in tree.nodes()}
+        if saved != rebuilt:
+            raise TreeFormatError("the node list does not match what the event log builds")
+        return tree
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> "SearchTree":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TreeFormatError(f"not a JSON file: {exc}") from None
+        return cls.from_json(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SearchTree":
+        return cls.loads(Path(path).read_bytes())
+
+
+def validate(data: Any) -> None:
+    """Check the shape of a tree record before trusting it; clear messages for people."""
+    if not isinstance(data, dict):
+        raise TreeFormatError("a tree file must hold a JSON object")
+    if data.get("schema") != SCHEMA:
+        raise TreeFormatError(f"not a search-tree file (schema {data.get('schema')!r}, expected {SCHEMA!r})")
+    version = data.get("version")
+    if not isinstance(version, int):
+        raise TreeFormatError("the file has no integer 'version'")
+    if version > SCHEMA_VERSION:
+        raise TreeFormatError(f"this file is format version {version}, newer than this app understands "
+                              f"({SCHEMA_VERSION}); please upgrade reasoning-viz")
+    for key, kind in (("run", dict), ("nodes", list), ("events", list)):
+        if not isinstance(data.get(key), kind):
+            raise TreeFormatError(f"'{key}' is missing or not a {kind.__name__}")
+    if not data["events"]:
+        raise TreeFormatError("the event log is empty")
+    for i, e in enumerate(data["events"]):
+        if not isinstance(e, dict) or e.get("index") != i or "kind" not in e or "message" not in e:
+            raise TreeFormatError(f"event {i} is malformed")
+        for n in e.get("new_nodes", []):
+            if not isinstance(n, dict) or set(n) != NODE_FIELDS:
+                raise TreeFormatError(f"event {i} creates a node with wrong fields")
+            if n["status"] not in STATUSES:
+                raise TreeFormatError(f"event {i}: unknown status {n['status']!r}")
+        for node_id, changes in e.get("updates", {}).items():
+            if not str(node_id).lstrip("-").isdigit() or not isinstance(changes, dict) or set(changes) - NODE_FIELDS:
+                raise TreeFormatError(f"event {i} updates unknown fields")
+
+
+def replay(events: list[Event], upto: int, run: dict[str, Any] | None = None) -> SearchTree:
+    """The tree exactly as it was after event ``upto`` (0-based, inclusive)."""
+    if not events:
+        raise TreeFormatError("the event log is empty")
+    first = events[0].new_nodes
+    if not first or first[0]["parent"] is not None:
+        raise TreeFormatError("the first event must create the root")
+    tree = SearchTree.__new__(SearchTree)
+    tree.graph, tree.events, tree.token_ids, tree.run = nx.DiGraph(), [], {}, dict(run or {})
+    for event in events[: max(0, upto) + 1]:
+        for d in event.new_nodes:
+            node = Node(**d)
+            if node.parent is not None and node.parent not in tree.graph:
+                raise TreeFormatError(f"node {node.id} names a parent {node.parent} that does not exist")
+            if node.id in tree.graph:
+                raise TreeFormatError(f"node {node.id} is created twice")
+            tree.graph.add_node(node.id, node=node)
+            if node.parent is not None:
+                tree.graph.add_edge(node.parent, node.id)
+        for node_id, changes in event.updates.items():
+            if node_id not in tree.graph:
+                raise TreeFormatError(f"event {event.index} updates node {node_id}, which does not exist")
+            node = tree.node(node_id)
+            for key, value in changes.items():
+                setattr(node, key, value)
+        tree.events.append(event)
+    return tree

@@ -21,8 +21,8 @@ STEP_DELIMITER = "\n\n"
 OPS = ("+", "-", "*", "/")
 
 # Largest value any quantity may take, per level: bigger numbers make each step harder to compute.
-MAX_VALUE = {1: 20, 2: 50, 3: 100, 4: 150, 5: 250, 6: 400}
-MAX_FACTOR = {1: 4, 2: 5, 3: 6, 4: 8, 5: 9, 6: 9}
+MAX_VALUE = {1: 20, 2: 30, 3: 50, 4: 60, 5: 80, 6: 100}
+MAX_FACTOR = {1: 3, 2: 4, 3: 5, 4: 5, 5: 5, 6: 5}
 
 NAMES = ("Mia", "Leo", "Ava", "Noah", "Zoe", "Omar", "Lily", "Sam", "Nina", "Ravi", "Emma", "Yuki")
 PRONOUN = {"Mia": "She", "Ava": "She", "Zoe": "She", "Lily": "She", "Nina": "She", "Emma": "She",

@@ -31,11 +31,11 @@ def use_all_cores() -> None:
 
 
 def small_llama(tokenizer: PreTrainedTokenizerBase, quick: bool = False) -> LlamaForCausalLM:
-    """The bundled models' architecture: a ~3.5M-parameter Llama (a toy one under ``quick``)."""
+    """The bundled models' architecture: a ~3M-parameter Llama with grouped-query attention (a toy one under ``quick``)."""
     hidden, layers, heads, inter = (32, 1, 2, 64) if quick else (256, 4, 8, 704)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 4),
         max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )

@@ -17,7 +17,7 @@ from .tokenizer import STEP_TAG, build_tokenizer
 @dataclass
 class PolicyTrainConfig:
     seed: int = 0
-    steps: int = 1100
+    steps: int = 1400
     batch_size: int = 32
     lr: float = 3e-3
     out_dir: Path = POLICY_DIR

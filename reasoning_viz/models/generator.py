@@ -41,6 +41,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_step_tokens: int = 48
     stop_at_step: bool = True  # False: run to EOS (a whole solution in one call)
+    ignore_eos: bool = False  # always run to the token cap (benchmarks)
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -49,6 +50,10 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_step_tokens < 1:
             raise ValueError(f"max_step_tokens must be >= 1, got {self.max_step_tokens}")
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory even at the smallest batch; the message says what to try."""
 
 
 def _common_prefix_length(seqs: list[list[int]]) -> int:
@@ -102,6 +107,27 @@ class StepGenerator:
             raise ValueError("expand needs at least one prefix and k >= 1")
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("every prefix needs at least one token")
+        budget = self.memory_budget_bytes
+        try:
+            while True:
+                try:
+                    return self._expand_all(prefixes, k, params, generator, first_tokens)
+                except torch.OutOfMemoryError:
+                    # halve the batch (through the budget) and retry, down to one row at a time
+                    if self._rows_per_chunk(prefixes, params.max_step_tokens) <= 1:
+                        raise OutOfMemory("out of GPU memory even when generating one sequence at a time; "
+                                          "try a smaller preset, fewer beams, or shorter steps") from None
+                    self.memory_budget_bytes /= 2
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+        finally:
+            self.memory_budget_bytes = budget
+
+    def _rows_per_chunk(self, prefixes: list[list[int]], max_new: int) -> int:
+        longest = max(len(p) for p in prefixes) + max_new
+        return max(1, int(self.memory_budget_bytes // (longest * self._kv_bytes_per_token)))
+
+    def _expand_all(self, prefixes, k, params, generator, first_tokens) -> list[list[StepSample]]:
         out: list[list[StepSample]] = []
         for lo, hi, klo, khi in self._chunks(prefixes, k, params.max_step_tokens):
             forced = None if first_tokens is None else [f[klo:khi] for f in first_tokens[lo:hi]]
@@ -125,8 +151,7 @@ class StepGenerator:
     # ---- internals --------------------------------------------------------------------------
     def _chunks(self, prefixes: list[list[int]], k: int, max_new: int):
         """Split the B*K rows so each chunk's KV cache fits the memory budget."""
-        longest = max(len(p) for p in prefixes) + max_new
-        max_rows = max(1, int(self.memory_budget_bytes // (longest * self._kv_bytes_per_token)))
+        max_rows = self._rows_per_chunk(prefixes, max_new)
         if k > max_rows:  # one node's children alone exceed the budget
             for b in range(len(prefixes)):
                 for klo in range(0, k, max_rows):
@@ -205,9 +230,9 @@ class StepGenerator:
             top2 = logp.topk(2, -1).values.exp()
             chosen = logp.gather(-1, tok[:, None]).squeeze(-1)
             tok_cpu = tok.cpu()
-            is_eos = self._is_eos[tok_cpu]
+            is_eos = self._is_eos[tok_cpu] & (not params.ignore_eos)
             hit_step = (self._has_delim[tok_cpu] | (prev_ends_nl[active.cpu()] & self._starts_nl[tok_cpu]))
-            done = is_eos | (hit_step if params.stop_at_step else torch.zeros_like(is_eos))
+            done = is_eos | (hit_step if params.stop_at_step and not params.ignore_eos else torch.zeros_like(is_eos))
             for r, row in enumerate(active.tolist()):
                 tokens[row].append(int(tok_cpu[r]))
                 logps[row].append(float(chosen[r]))

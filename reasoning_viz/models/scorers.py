@@ -58,6 +58,7 @@ class MathShepherdPRM:
         self.cache_bytes = cache_mb * 2**20
         # token ids of a scored path -> (its per-layer KV tensors, their bytes, its step scores)
         self._cache: OrderedDict[tuple[int, ...], tuple[list[tuple[torch.Tensor, torch.Tensor]], int, list[float]]] = OrderedDict()
+        self._cached_lengths: Counter[int] = Counter()  # key lengths present, for longest-prefix lookup
         self._cached_bytes = 0
         self._tokens_scored = 0
         self._lock = threading.Lock()  # one model and cache shared by every user of the app
@@ -75,22 +76,35 @@ class MathShepherdPRM:
 
     @torch.inference_mode()
     def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        out: list[list[float]] = []
+        from .generator import OutOfMemory
+
         with self._lock:
-            if len(paths) > 1:  # all paths share the question: run it once, reuse its cache
-                self._prime(question)
-            for lo in range(0, len(paths), self.batch_size):
-                out.extend(self._score_batch(question, paths[lo:lo + self.batch_size]))
-        return out
+            batch = self.batch_size
+            while True:
+                try:
+                    if len(paths) > 1:  # all paths share the question: run it once, reuse its cache
+                        self._prime(question)
+                    out: list[list[float]] = []
+                    for lo in range(0, len(paths), batch):
+                        out.extend(self._score_batch(question, paths[lo:lo + batch]))
+                    return out
+                except torch.OutOfMemoryError:  # halve the batch and retry, down to one path
+                    if batch == 1:
+                        raise OutOfMemory("out of GPU memory while scoring even one path; try a smaller "
+                                          "preset or shorter steps") from None
+                    batch = max(1, batch // 2)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
 
     # ---- prefix KV cache ----------------------------------------------------------------
     def _lookup(self, ids: list[int]):
-        """A cached prefix of ``ids`` (leaving at least one new token): (layers, length, scores)."""
-        for key in reversed(self._cache):  # most recent first: usually the parent
-            if len(key) < len(ids) and tuple(ids[:len(key)]) == key:
+        """The longest cached prefix of ``ids`` (leaving at least one new token): (layers, length, scores)."""
+        for n in sorted(self._cached_lengths, reverse=True):
+            key = tuple(ids[:n])
+            if n < len(ids) and key in self._cache:
                 self._cache.move_to_end(key)
                 layers, _, scores = self._cache[key]
-                return layers, len(key), scores
+                return layers, n, scores
         return None, 0, []
 
     def _store(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], scores: list[float]) -> None:
@@ -99,15 +113,20 @@ class MathShepherdPRM:
         if size > self.cache_bytes or key in self._cache:
             return
         self._cache[key] = (layers, size, scores)
+        self._cached_lengths[len(key)] += 1
         self._cached_bytes += size
         while self._cached_bytes > self.cache_bytes:
-            _, (_, old, _) = self._cache.popitem(last=False)
+            old_key, (_, old, _) = self._cache.popitem(last=False)
             self._cached_bytes -= old
+            self._cached_lengths[len(old_key)] -= 1
+            if not self._cached_lengths[len(old_key)]:
+                del self._cached_lengths[len(old_key)]
 
     def reset(self) -> None:
         """Forget cached prefixes: a run that starts from an empty cache computes bit-identical scores."""
         with self._lock:
             self._cache.clear()
+            self._cached_lengths.clear()
             self._cached_bytes = 0
 
     def _prime(self, question: str) -> None:

@@ -1,14 +1,14 @@
-"""Loading models by local path or hub id, through the one ``from_pretrained`` path, and presets.
+"""Loading models by local path or hub id, through the one ``from_pretrained`` path.
 
 The bundled pair lives in ``assets/models``; hub ids load the same way where a hub is reachable.
-Loaded models are cached per process, so every user of the app shares one instance.
+Loaded models are cached per process, so every user of the app shares one instance. CUDA gets
+bf16 and SDPA attention; the CPU gets float32.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,72 +16,92 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ..search import Models
 from .generator import StepGenerator
-from .scorers import CalculatorChecker, MathShepherdPRM
-
-ASSETS_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
-BUNDLED_POLICY = ASSETS_MODELS / "tinygsm-policy"
-BUNDLED_PRM = ASSETS_MODELS / "tinygsm-prm"
+from .presets import (BUNDLED_POLICY, BUNDLED_PRM, DEFAULT_PRESET, PRESETS, Preset, check_fits,  # noqa: F401
+                      trusts_remote_code)
+from .scorers import CalculatorChecker, MathShepherdPRM, StepScorer
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_causal_lm(name_or_path: str | Path, device: torch.device | None = None
-                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer; bf16 + SDPA on CUDA, float32 on CPU. Never remote code."""
-    device = device or pick_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+def _dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    ref = str(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trusts_remote_code(ref))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, attn_implementation="sdpa")
-    return model.to(device).eval(), tokenizer
+    return tokenizer
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A policy + scorer pair the app offers by name."""
-
-    name: str
-    policy: str
-    scorer: str  # a model path/id, or "calculator"
-    scorer_kind: str  # "math-shepherd" or "calculator"
-    system_prompt: str | None
-    memory_gb: float
-    description: str
+def load_causal_lm(name_or_path: str | Path, device: torch.device | None = None
+                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer. Remote code only for ids the host trusts (RV_TRUST_REMOTE_CODE)."""
+    device = device or pick_device()
+    ref = str(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(ref, dtype=_dtype(device), attn_implementation="sdpa",
+                                                 trust_remote_code=trusts_remote_code(ref))
+    return model.to(device).eval(), load_tokenizer(ref)
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("TinyGSM (bundled, CPU)", str(BUNDLED_POLICY), str(BUNDLED_PRM), "math-shepherd", None, 0.2,
-           "The bundled ~3.4M-parameter policy and PRM: runs anywhere, offline, in seconds."),
-    Preset("TinyGSM + calculator checker", str(BUNDLED_POLICY), "calculator", "calculator", None, 0.1,
-           "The bundled policy scored by the exact rule-based step checker instead of a learned PRM."),
-)}
-DEFAULT_PRESET = next(iter(PRESETS))
+def load_scorer(kind: str, ref: str, device: torch.device) -> StepScorer:
+    """The step scorer of the given kind (see ``presets.SCORER_KINDS``)."""
+    from . import prm_adapters as pa
+
+    if kind == "calculator":
+        return CalculatorChecker()
+    if kind == "qwen-prm":
+        model = pa.QwenProcessRewardModel.from_pretrained(ref, dtype=_dtype(device)).to(device).eval()
+        return pa.QwenPRM(model, load_tokenizer(ref))
+    if kind == "skywork":
+        model, tok = load_causal_lm(ref, device)
+        return pa.SkyworkPRM(model, pa.load_value_head(ref, model.config.hidden_size), tok)
+    model, tok = load_causal_lm(ref, device)
+    if kind == "math-shepherd":
+        return MathShepherdPRM(model, tok)
+    if kind == "rlhflow":
+        return pa.RLHFlowPRM(model, tok)
+    if kind == "llm-judge":
+        return pa.LLMJudge(model, tok)
+    raise ValueError(f"unknown scorer kind {kind!r}")
+
 
 _lock = threading.Lock()
-_loaded: dict[str, Models] = {}
+_loaded: dict[tuple, Models] = {}
+
+
+def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str | None = None) -> Models:
+    """A policy + scorer pair, loaded once per process and shared by every caller."""
+    key = (policy, scorer, scorer_kind, system_prompt)
+    with _lock:
+        if key not in _loaded:
+            device = pick_device()
+            model, tokenizer = load_causal_lm(policy, device)
+            budget = float(os.environ.get("RV_KV_BUDGET_MB", "1024"))
+            generator = StepGenerator(model, tokenizer, memory_budget_mb=budget)
+            if scorer == policy and scorer_kind == "llm-judge":  # one model plays both parts
+                from .prm_adapters import LLMJudge
+
+                scorer_obj: StepScorer = LLMJudge(model, tokenizer)
+            else:
+                scorer_obj = load_scorer(scorer_kind, scorer, device)
+            _loaded[key] = Models(generator, scorer_obj, policy_id=_short(policy), scorer_id=_short(scorer),
+                                  system_prompt=system_prompt)
+        return _loaded[key]
 
 
 def load_preset(name: str) -> Models:
-    """The preset's models, loaded once per process and shared by every caller."""
+    """The named preset's models; refuses a preset that does not fit this machine's memory."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {list(PRESETS)}")
-    with _lock:
-        if name not in _loaded:
-            p = PRESETS[name]
-            model, tokenizer = load_causal_lm(p.policy)
-            budget = float(os.environ.get("RV_KV_BUDGET_MB", "1024"))
-            generator = StepGenerator(model, tokenizer, memory_budget_mb=budget)
-            if p.scorer_kind == "calculator":
-                scorer = CalculatorChecker()
-            else:
-                prm_model, prm_tok = load_causal_lm(p.scorer, device=generator.device)
-                scorer = MathShepherdPRM(prm_model, prm_tok)
-            _loaded[name] = Models(generator, scorer, policy_id=_short(p.policy), scorer_id=_short(p.scorer),
-                                   system_prompt=p.system_prompt)
-        return _loaded[name]
+    p: Preset = PRESETS[name]
+    key = (p.policy, p.scorer, p.scorer_kind, p.system_prompt)
+    if key not in _loaded:
+        check_fits(p, pick_device())
+    return load_models(p.policy, p.scorer, p.scorer_kind, p.system_prompt)
 
 
 def _short(name: str) -> str:

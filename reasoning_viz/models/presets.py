@@ -1,0 +1,117 @@
+"""Model presets and the host's rules for which models users may load.
+
+A preset pairs a policy with a scorer and states the memory it needs. Users pick presets by name;
+a host can also let them type model ids, restricted by environment variables:
+
+- ``RV_ALLOWED_MODELS``: comma-separated hub ids users may type (presets are always allowed);
+- ``RV_TRUST_REMOTE_CODE``: comma-separated ids whose repository code the host trusts to run;
+- ``RV_MODELS_DIR``: the only folder local paths may point into.
+
+Nothing a user types ever turns ``trust_remote_code`` on: only the host's list does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ASSETS_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
+BUNDLED_POLICY = ASSETS_MODELS / "tinygsm-policy"
+BUNDLED_PRM = ASSETS_MODELS / "tinygsm-prm"
+SCORER_KINDS = ("math-shepherd", "rlhflow", "qwen-prm", "skywork", "llm-judge", "calculator")
+MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A policy + scorer pair the app offers by name."""
+
+    name: str
+    policy: str
+    scorer: str  # a model path or hub id; "calculator" for the rule-based checker
+    scorer_kind: str  # one of SCORER_KINDS
+    system_prompt: str | None
+    memory_gb: float  # weights in bf16 on a GPU (twice that in float32 on a CPU)
+    description: str
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("TinyGSM (bundled, CPU)", str(BUNDLED_POLICY), str(BUNDLED_PRM), "math-shepherd", None, 0.02,
+           "The bundled ~3.4M-parameter policy and Math-Shepherd-format PRM: offline, any CPU, seconds."),
+    Preset("TinyGSM + calculator checker", str(BUNDLED_POLICY), "calculator", "calculator", None, 0.01,
+           "The bundled policy, scored by the exact rule-based step checker instead of a learned PRM."),
+    Preset("Qwen2.5-Math-1.5B-Instruct + Qwen2.5-Math-PRM-7B", "Qwen/Qwen2.5-Math-1.5B-Instruct",
+           "Qwen/Qwen2.5-Math-PRM-7B", "qwen-prm", MATH_SYSTEM_PROMPT, 18.5,
+           "A strong small math model with Qwen's 7B PRM (a 24 GB GPU)."),
+    Preset("Llama-3.2-1B-Instruct + RLHFlow-8B-PRM", "meta-llama/Llama-3.2-1B-Instruct",
+           "RLHFlow/Llama3.1-8B-PRM-Deepseek-Data", "rlhflow", MATH_SYSTEM_PROMPT, 19.0,
+           "The setup of Hugging Face's 'scaling test-time compute' study (a 24 GB GPU)."),
+    Preset("Qwen2.5-Math-1.5B-Instruct + Skywork-PRM-1.5B", "Qwen/Qwen2.5-Math-1.5B-Instruct",
+           "Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B", "skywork", MATH_SYSTEM_PROMPT, 6.5,
+           "Both models at 1.5B parameters (an 8 GB GPU)."),
+    Preset("Qwen2.5-0.5B-Instruct + LLM judge", "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct",
+           "llm-judge", MATH_SYSTEM_PROMPT, 1.2,
+           "One small instruct model that also judges its own steps (a small GPU or a patient CPU)."),
+)}
+DEFAULT_PRESET = next(iter(PRESETS))
+
+
+def _env_list(name: str) -> set[str]:
+    return {x.strip() for x in os.environ.get(name, "").split(",") if x.strip()}
+
+
+def preset_ids() -> set[str]:
+    return {p.policy for p in PRESETS.values()} | {p.scorer for p in PRESETS.values()}
+
+
+def check_model_ref(ref: str) -> str:
+    """A model id or path a user typed, if the host allows it; ``ValueError`` with the reason if not."""
+    ref = (ref or "").strip()
+    if not ref:
+        raise ValueError("The model id is empty.")
+    if ref in preset_ids():
+        return ref
+    looks_local = ref.startswith((".", "/", "~")) or Path(ref).exists()
+    if looks_local:
+        root = os.environ.get("RV_MODELS_DIR")
+        if not root:
+            raise ValueError("Local model paths are off on this host (it sets no RV_MODELS_DIR).")
+        path, base = Path(ref).expanduser().resolve(), Path(root).expanduser().resolve()
+        if base != path and base not in path.parents:
+            raise ValueError(f"Local models must be inside {base}.")
+        if not (path / "config.json").exists():
+            raise ValueError(f"{ref} is not a model folder (no config.json).")
+        return str(path)
+    if ref not in _env_list("RV_ALLOWED_MODELS"):
+        raise ValueError(f"{ref!r} is not on this host's list of allowed models (RV_ALLOWED_MODELS).")
+    return ref
+
+
+def trusts_remote_code(ref: str) -> bool:
+    """Only ids the host listed in RV_TRUST_REMOTE_CODE; never anything a user typed alone."""
+    return ref in _env_list("RV_TRUST_REMOTE_CODE")
+
+
+def available_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 2**30
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) / 2**20
+    except (OSError, KeyError, ValueError):
+        return float("inf")  # cannot tell: let the load try
+
+
+def check_fits(preset: Preset, device: torch.device) -> None:
+    """Refuse, with a clear message, a preset whose weights do not fit the device's free memory."""
+    need = preset.memory_gb * (1.0 if device.type == "cuda" else 2.0)  # float32 on a CPU
+    have = available_memory_gb(device)
+    if need > have:
+        where = "GPU" if device.type == "cuda" else "CPU RAM"
+        raise ValueError(f"The preset {preset.name!r} needs about {need:.1f} GB of {where}; this machine has "
+                         f"{have:.1f} GB free. Pick a smaller preset.")

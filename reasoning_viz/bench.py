@@ -1,0 +1,148 @@
+"""``python -m reasoning_viz bench``: speed figures for the two hot paths, as ratios.
+
+1. Expanding B frontier nodes into K children each, with a randomly initialised ~20M-parameter
+   Llama on the CPU: (a) one ``generate`` call per child, (b) one per node with
+   ``num_return_sequences=K``, (c) the batched shared-prefix ``StepGenerator``.
+2. The PRM's cost per newly scored step at depth 2 and depth 10, with and without reuse of the
+   scored prefix's KV cache.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from .models.generator import SamplingParams, StepGenerator
+from .models.loading import BUNDLED_PRM
+from .models.scorers import MathShepherdPRM
+
+
+def random_llama(vocab: int, hidden: int, layers: int, inter: int, heads: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class _IdTokenizer:
+    """A stand-in tokenizer for a random model: the generator only needs decode and pad/eos ids."""
+
+    pad_token_id, eos_token_id, chat_template = 0, 1, None
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def __len__(self) -> int:
+        return self.vocab
+
+    def batch_decode(self, seqs):
+        return ["\n\n" if s == [2] else f"<{s[0]}>" for s in seqs]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(f"<{i}>" for i in ids)
+
+
+def bench_generator(b: int, k: int, prompt_len: int, step_tokens: int, repeats: int) -> list[tuple[str, float, float]]:
+    model = random_llama(vocab=8192, hidden=512, layers=5, inter=1408, heads=8)
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    tok = _IdTokenizer(8192)
+    gen = StepGenerator(model, tok)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, 8192, (prompt_len,), generator=g).tolist()
+    nodes = [prompt + torch.randint(3, 8192, (8,), generator=g).tolist() for _ in range(b)]
+    sampling = SamplingParams(temperature=1.0, max_step_tokens=step_tokens, ignore_eos=True)
+    common = dict(max_new_tokens=step_tokens, min_new_tokens=step_tokens, do_sample=True, temperature=1.0,
+                  top_k=0, pad_token_id=0, eos_token_id=None)
+
+    def per_child():
+        with torch.inference_mode():
+            for node in nodes:
+                for _ in range(k):
+                    model.generate(torch.tensor([node]), **common)
+
+    def per_node():
+        with torch.inference_mode():
+            for node in nodes:
+                model.generate(torch.tensor([node]), num_return_sequences=k, **common)
+
+    def batched():
+        gen.expand(nodes, k, sampling, generator=g)
+
+    children = b * k
+    rows = []
+    for name, fn in (("(a) generate per child", per_child), ("(b) generate per node, num_return_sequences=K", per_node),
+                     ("(c) batched shared-prefix StepGenerator", batched)):
+        t = _timed(fn, repeats)
+        rows.append((name, children * step_tokens / t, children / t))
+    print(f"\nStep generation: B={b} frontier nodes, K={k} children, {prompt_len}-token prompt, "
+          f"{step_tokens}-token steps, random Llama {params_m:.1f}M params, CPU x{torch.get_num_threads()} threads, "
+          f"median of {repeats}")
+    print("| method | tokens/s | children/s |\n|---|---|---|")
+    for name, tps, cps in rows:
+        print(f"| {name} | {tps:.0f} | {cps:.1f} |")
+    print(f"| ratio (c)/(a) | {rows[2][1] / rows[0][1]:.1f}x | |")
+    print(f"| ratio (c)/(b) | {rows[2][1] / rows[1][1]:.1f}x | |")
+    return rows
+
+
+def bench_prm(depths: tuple[int, ...], k: int, repeats: int) -> None:
+    tok = AutoTokenizer.from_pretrained(BUNDLED_PRM)
+    model = random_llama(vocab=len(tok), hidden=512, layers=5, inter=1408, heads=8)
+    question = ("Mia has 120 apples. She buys 35 more apples. She gives 40 apples to a friend. "
+                "How many apples does Mia have now?")
+    steps = [f"Step words {i}: {100 + i} + {i + 7} = {107 + 2 * i}" for i in range(max(depths) + 1)]
+    print(f"\nPRM scoring of {k} new sibling steps, random Llama-shaped PRM, bundled tokenizer, median of {repeats}")
+    print("| depth | ms per new step, prefix cache reused | ms per new step, full re-score | ratio |")
+    print("|---|---|---|---|")
+    results = {}
+    for depth in depths:
+        parent = steps[: depth - 1]
+        children = [parent + [f"Candidate {j}: {200 + j} - {j} = {200}"] for j in range(k)]
+        cached = MathShepherdPRM(model, tok)
+
+        def with_cache():
+            cached.reset()
+            cached.score(question, [parent] if parent else [[steps[0]]])  # the parent, scored earlier
+            t0 = time.perf_counter()
+            cached.score(question, children)
+            return time.perf_counter() - t0
+
+        fresh = MathShepherdPRM(model, tok, cache_mb=0)
+
+        def without_cache():
+            t0 = time.perf_counter()
+            fresh.score(question, children)
+            return time.perf_counter() - t0
+
+        with_cache()
+        t_cache = statistics.median(with_cache() for _ in range(repeats)) / k
+        t_full = _timed(without_cache, repeats) / k
+        results[depth] = t_cache
+        print(f"| {depth} | {1000 * t_cache:.2f} | {1000 * t_full:.2f} | {t_full / t_cache:.1f}x |")
+    lo, hi = min(depths), max(depths)
+    print(f"cost per new step at depth {hi} / depth {lo}, with the cache: {results[hi] / results[lo]:.2f} (flat = 1.0)")
+
+
+def run_benchmarks(quick: bool = False) -> None:
+    """Print both benchmarks; ``quick`` shrinks them to seconds (used by the test suite)."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if quick:
+        bench_generator(b=2, k=2, prompt_len=32, step_tokens=4, repeats=1)
+        bench_prm(depths=(2, 4), k=2, repeats=1)
+    else:
+        bench_generator(b=4, k=4, prompt_len=240, step_tokens=32, repeats=3)
+        bench_prm(depths=(2, 10), k=4, repeats=5)

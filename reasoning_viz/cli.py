@@ -1,0 +1,168 @@
+"""``python -m reasoning_viz {solve,eval,bench}``: the engine from a terminal.
+
+  solve  a question -> the chosen answer; optionally the tree as JSON and an offline HTML figure
+  eval   strategies over the held-out TinyGSM set: accuracy, tokens and seconds per problem
+  bench  the batched step generator against plain ``generate`` calls, and the PRM's cost by depth
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def parse_params(strategy: str, pairs: list[str], base: dict[str, Any] | None = None) -> Any:
+    """A strategy's hyperparameter dataclass: defaults, then ``base``, then ``key=value`` strings."""
+    from .strategies import STRATEGIES
+
+    cls = STRATEGIES[strategy].params
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in fields}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {pair!r}: {strategy} takes {', '.join(sorted(fields))} (as key=value)")
+        kind = type(fields[key].default)
+        try:
+            values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+        except ValueError:
+            raise SystemExit(f"--set {pair!r}: {key} must be a {kind.__name__}") from None
+    params = cls(**values)
+    try:
+        params.validate()
+    except ValueError as exc:
+        raise SystemExit(f"invalid hyperparameters: {exc}") from None
+    return params
+
+
+def _budget(args):
+    from .search import Budget
+
+    return Budget(max_nodes=args.max_nodes, max_tokens=args.max_tokens, max_seconds=args.max_seconds)
+
+
+def cmd_solve(args) -> int:
+    from .models.loading import load_preset
+    from .render.figures import standalone_html, tree_figure
+    from .search import run_search
+
+    params = parse_params(args.strategy, args.set or [])
+    models = load_preset(args.preset)
+    tree = run_search(args.question, args.strategy, models, params, seed=args.seed, budget=_budget(args),
+                      gold=args.gold)
+    sel, totals = tree.run["selection"], tree.run["totals"]
+    print(f"answer: {sel['answer']}   ({sel['detail']})")
+    if tree.run.get("gold") is not None:
+        node = tree.node(sel["node_id"]) if sel["node_id"] is not None else None
+        print(f"correct: {bool(node and node.correct)} (gold {tree.run['gold']})")
+    if tree.run["stopped"]:
+        print(f"stopped early: {tree.run['stopped']}")
+    print(f"{totals['nodes']} nodes, {totals['policy_tokens']} policy tokens, {totals['scorer_tokens']} scored "
+          f"tokens, {totals['seconds_total']:.1f} s")
+    if sel["node_id"] is not None:
+        print("\n" + "\n\n".join(tree.steps(sel["node_id"])))
+    if args.json:
+        tree.save(args.json)
+        print(f"tree saved to {args.json}")
+    if args.html:
+        Path(args.html).write_text(standalone_html(tree_figure(tree), args.question[:80]), encoding="utf-8")
+        print(f"figure saved to {args.html}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from tqdm import tqdm
+
+    from .models.loading import load_preset
+    from .problems.tinygsm import load_test_set
+    from .search import run_search
+    from .strategies import STRATEGIES
+
+    names = list(STRATEGIES) if args.strategy == "all" else args.strategy.split(",")
+    for name in names:
+        if name not in STRATEGIES:
+            raise SystemExit(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} or 'all'")
+    levels = [int(x) for x in args.levels.split(",")]
+    problems = [p for p in load_test_set() if p.level in levels]
+    if args.limit:
+        problems = [p for lv in levels for p in [q for q in problems if q.level == lv][: args.limit]]
+    models = load_preset(args.preset)
+    rows = []
+    for name in names:
+        params = parse_params(name, args.set or [], base={"n": args.n})
+        correct = tokens = scored = 0
+        seconds = 0.0
+        for i, prob in enumerate(tqdm(problems, desc=name, dynamic_ncols=True, file=sys.stderr)):
+            tree = run_search(prob.question, name, models, params, seed=args.seed + i, budget=_budget(args),
+                              gold=str(prob.answer))
+            sel = tree.run["selection"]
+            correct += bool(sel["node_id"] is not None and tree.node(sel["node_id"]).correct)
+            totals = tree.run["totals"]
+            tokens += totals["policy_tokens"]
+            scored += totals["scorer_tokens"]
+            seconds += totals["seconds_total"]
+        n = len(problems)
+        rows.append(f"| {STRATEGIES[name].title} | {100 * correct / n:.1f} | {tokens / n:.0f} | {scored / n:.0f} "
+                    f"| {seconds / n:.2f} |")
+    print(f"\n{len(problems)} held-out problems (levels {args.levels}), N={args.n}, seed {args.seed}, "
+          f"preset {args.preset!r}\n")
+    print("| strategy | accuracy % | policy tokens / problem | PRM tokens / problem | seconds / problem |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_benchmarks
+
+    run_benchmarks(quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models.loading import DEFAULT_PRESET
+
+    parser = argparse.ArgumentParser(prog="python -m reasoning_viz", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--preset", default=DEFAULT_PRESET, help="model preset (default: the bundled pair)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a strategy hyperparameter")
+        p.add_argument("--max-nodes", type=int, default=2000)
+        p.add_argument("--max-tokens", type=int, default=200_000)
+        p.add_argument("--max-seconds", type=float, default=300.0)
+
+    solve = sub.add_parser("solve", help="answer one question and record the search")
+    solve.add_argument("question")
+    solve.add_argument("--strategy", default="beam_search")
+    solve.add_argument("--gold", help="the correct answer, if known (marks nodes right/wrong)")
+    solve.add_argument("--json", type=Path, help="write the tree record here")
+    solve.add_argument("--html", type=Path, help="write a standalone, offline HTML figure here")
+    common(solve)
+    ev = sub.add_parser("eval", help="strategies over the held-out set")
+    ev.add_argument("--strategy", default="all", help="a name, a comma-separated list, or 'all'")
+    ev.add_argument("--n", type=int, default=16, help="samples / beams per problem (N)")
+    ev.add_argument("--levels", default="1,2,3,4,5,6")
+    ev.add_argument("--limit", type=int, help="problems per level (default: all 100)")
+    common(ev)
+    bench = sub.add_parser("bench", help="generator and PRM speed figures")
+    bench.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .strategies import STRATEGIES
+
+    if getattr(args, "strategy", None) and args.command == "solve" and args.strategy not in STRATEGIES:
+        raise SystemExit(f"unknown strategy {args.strategy!r}; choose from {', '.join(STRATEGIES)}")
+    try:
+        return {"solve": cmd_solve, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
+    except ValueError as exc:  # bad input: one clear line, not a trace
+        raise SystemExit(f"error: {exc}") from None

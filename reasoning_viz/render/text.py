@@ -1,0 +1,113 @@
+"""Words for people: the inspector's path view, event sentences, tables and progress lines."""
+
+from __future__ import annotations
+
+import re
+
+from ..tree import Node, SearchTree
+
+_EQUATION = re.compile(r"(?<![\w$\\])(-?\d+(?:\.\d+)?(?:\s*[-+*/×÷]\s*-?\d+(?:\.\d+)?)+\s*=\s*-?\d+(?:\.\d+)?)")
+_BOXED = re.compile(r"(?<!\$)(\\boxed\{[^{}]*\})")
+
+
+def math_markdown(text: str) -> str:
+    """Step text with bare equations and ``\\boxed{}`` wrapped in ``$...$`` so KaTeX renders them."""
+    if "$" in text or "\\(" in text or "\\[" in text:
+        return text  # the model already wrote LaTeX delimiters
+    text = _EQUATION.sub(lambda m: "$" + m[1].replace("*", r"\times ").replace("/", r"\div ") + "$", text)
+    return _BOXED.sub(r"$\1$", text)
+
+
+def _score(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _mark(n: Node) -> str:
+    return "" if n.correct is None else (" ✓" if n.correct else " ✗")
+
+
+def path_markdown(tree: SearchTree, node_id: int) -> str:
+    """The inspector: the question, then each step on the path to ``node_id`` with its scores."""
+    path = tree.path(node_id)
+    out = [f"**Question.** {math_markdown(tree.question)}", ""]
+    for n in path[1:]:
+        flags = [f"step score **{_score(n.step_score)}**"]
+        if n.path_score:
+            flags.append("path " + " · ".join(f"{k} {v:.3f}" for k, v in n.path_score.items()))
+        flags.append(f"{n.num_tokens} tokens")
+        if n.visits:
+            flags.append(f"MCTS visits {n.visits}, value {_score(n.value)}, prior {_score(n.prior)}")
+        if n.confidence is not None:
+            flags.append(f"answer confidence {n.confidence:.3f}")
+        status = n.status + (f" — {n.reason}" if n.reason else "") + (f" · stage {n.stage}" if n.stage else "")
+        out.append(f"**Step {n.depth}** (node {n.id}, {status})  \n{math_markdown(n.text)}  \n"
+                   f"<small>{' · '.join(flags)}</small>")
+        out.append("")
+    last = path[-1]
+    if last.answer is not None:
+        out.append(f"**Answer:** {last.answer}{_mark(last)}")
+    elif last.id == 0:
+        out.append("_This is the question (the root). Click a step to see its path._")
+    return "\n".join(out)
+
+
+NODE_COLUMNS = ["node", "parent", "depth", "status", "step score", "path min", "visits", "answer", "step"]
+
+
+def node_rows(tree: SearchTree) -> list[list]:
+    """One row per node for the node table (keyboard- and API-friendly node picking)."""
+    rows = []
+    for n in tree.nodes():
+        rows.append([n.id, "" if n.parent is None else n.parent, n.depth, n.status,
+                     "" if n.step_score is None else round(n.step_score, 3),
+                     "" if not n.path_score else round(n.path_score["min"], 3),
+                     n.visits or "", (n.answer or "") + _mark(n), n.text[:120]])
+    return rows
+
+
+def progress_line(tree: SearchTree, totals: dict | None = None, done: bool = False) -> str:
+    """Nodes, tokens, seconds and how much of the budget is used."""
+    run = tree.run
+    budget = run.get("budget", {})
+    totals = totals or run.get("totals") or {}
+    nodes = len(tree)
+    tokens = totals.get("policy_tokens", sum(n.num_tokens for n in tree.nodes()))
+    seconds = totals.get("seconds_total", 0.0)
+    parts = [f"**{nodes}** nodes", f"**{tokens}** tokens", f"**{seconds:.1f}** s"]
+    if budget:
+        used = max(nodes / budget["max_nodes"], tokens / budget["max_tokens"], seconds / budget["max_seconds"])
+        parts.append(f"budget used {min(1.0, used):.0%}")
+    state = "done" if done else "searching…"
+    if run.get("stopped"):
+        state = f"stopped: {run['stopped']}"
+    return " · ".join(parts) + f" — {state}"
+
+
+def answer_markdown(tree: SearchTree) -> str:
+    """The final answer, how it was chosen, whether it is right, and the run's totals."""
+    sel = tree.run.get("selection")
+    if not sel:
+        return "_No answer yet._"
+    lines = []
+    if sel["answer"] is None:
+        lines.append(f"### No answer\n{sel['detail']}")
+    else:
+        node = tree.node(sel["node_id"]) if sel["node_id"] is not None else None
+        verdict = ""
+        if node is not None and node.correct is not None:
+            verdict = " ✓ correct" if node.correct else f" ✗ wrong (gold {tree.run.get('gold')})"
+        lines.append(f"### Answer: {sel['answer']}{verdict}\n{sel['detail']}")
+    t = tree.run.get("totals")
+    if t:
+        lines.append(f"{t['nodes']} nodes · {t['policy_tokens']} policy tokens · {t['scorer_tokens']} PRM tokens · "
+                     f"{t['seconds_total']:.1f} s (generating {t['seconds_generating']:.1f} s, scoring "
+                     f"{t['seconds_scoring']:.1f} s, other {t['seconds_other']:.1f} s)")
+    if tree.run.get("stopped"):
+        lines.append(f"⚠️ The search stopped early: {tree.run['stopped']}.")
+    return "\n\n".join(lines)
+
+
+def event_markdown(tree: SearchTree, index: int) -> str:
+    """One event of the log, in words, with its position."""
+    e = tree.events[index]
+    return f"**Event {index} of {len(tree.events) - 1}** ({e.kind}): {e.message}"

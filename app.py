@@ -1,0 +1,348 @@
+"""Reasoning Tree Explorer: the Gradio UI (layout and event wiring only).
+
+Every action calls into ``reasoning_viz.service`` (runs, files, limits), ``reasoning_viz.render``
+(figures and text) or ``reasoning_viz.select``; nothing here searches or scores.
+Run: ``python app.py`` (binds 127.0.0.1:7860; set GRADIO_SERVER_NAME=0.0.0.0 to serve a network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from reasoning_viz import service  # noqa: E402
+from reasoning_viz.models.generator import OutOfMemory  # noqa: E402
+from reasoning_viz.models.loading import DEFAULT_PRESET, PRESETS  # noqa: E402
+from reasoning_viz.render.figures import standalone_html, tree_figure, vote_figure  # noqa: E402
+from reasoning_viz.render.text import (NODE_COLUMNS, answer_markdown, event_markdown, node_rows,  # noqa: E402
+                                       path_markdown, progress_line)
+from reasoning_viz.strategies import STRATEGIES  # noqa: E402
+from reasoning_viz.tree import AGGREGATIONS, SearchTree, replay  # noqa: E402
+
+EXPORT_DIR = Path(tempfile.mkdtemp(prefix="reasoning-viz-"))
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False},
+         {"left": "\\(", "right": "\\)", "display": False}, {"left": "\\[", "right": "\\]", "display": True}]
+
+# Label and help text of every hyperparameter the strategies' dataclasses define.
+FIELD_UI = {
+    "temperature": ("Temperature", "Sampling randomness; 0 = greedy."),
+    "max_depth": ("Max steps", "Longest path, in reasoning steps."),
+    "max_step_tokens": ("Max tokens per step", "A step is cut here if no blank line comes first."),
+    "greedy": ("Greedy", "Off: one sampled chain at the temperature above."),
+    "n": ("N", "Samples (best-of-N, vote) or beams per depth (beam search, DVTS)."),
+    "beam_width": ("Beam width M", "Children per kept beam; N/M beams survive each step."),
+    "aggregation": ("Path score", "How step scores combine: last step, weakest step, product, mean."),
+    "vote": ("Vote", "majority: count answers; weighted: sum their PRM path scores."),
+    "k": ("Branches k", "Top-k first tokens to branch on."),
+    "simulations": ("Simulations", "MCTS iterations (select, expand, evaluate, back up)."),
+    "width": ("Expansion width", "Children sampled when MCTS expands a leaf."),
+    "c_puct": ("c_puct", "Exploration weight in PUCT."),
+    "fast_max_tokens": ("Fast budget (tokens)", "Token budget of the fast answer."),
+    "threshold": ("Verify threshold", "The fast answer is kept if its path score reaches this."),
+}
+CHOICES = {"aggregation": list(AGGREGATIONS), "vote": ["majority", "weighted"]}
+
+BRIDGE_JS = """
+// Bridge plotly's click on a tree node to Python: set this component's value, fire 'click'.
+const bind = () => {
+  document.querySelectorAll('#tree-plot .js-plotly-plot').forEach((gd) => {
+    if (typeof gd.on !== 'function') return;
+    const bound = gd._ev && gd._ev.listeners && gd._ev.listeners('plotly_click').some((f) => f.__rv);
+    if (bound) return;
+    const handler = (ev) => {
+      const pt = ev && ev.points && ev.points[0];
+      if (!pt || pt.customdata === undefined || pt.customdata === null) return;
+      props.value = String(pt.customdata);
+      trigger('click');
+    };
+    handler.__rv = true;
+    gd.on('plotly_click', handler);
+  });
+};
+new MutationObserver(bind).observe(document.body, {childList: true, subtree: true});
+bind();
+"""
+
+CSS = """
+#tree-plot {min-height: 560px}
+.rv-progress p {margin: 0}
+footer {display: none !important}
+"""
+
+
+def _error(exc: Exception) -> gr.Error:
+    return gr.Error(str(exc), print_exception=False)
+
+
+def _tree_outputs(tree: SearchTree, done: bool):
+    """What every view shows for a tree: figure, progress, answer, votes, table, replay, file, state."""
+    sel = tree.run.get("selection")
+    file = str(service.export_tree(tree, EXPORT_DIR)) if done else None
+    last = len(tree.events) - 1
+    return (tree_figure(tree), progress_line(tree, done=done), answer_markdown(tree) if done else "_Searching…_",
+            vote_figure(sel), gr.Dataframe(value=node_rows(tree), headers=NODE_COLUMNS),
+            gr.Slider(minimum=0, maximum=max(1, last), value=last, step=1, interactive=done),
+            event_markdown(tree, last), file, tree.to_json() if done else None)
+
+
+def collect_params(strategy: str, *values) -> str:
+    """The chosen strategy's widget values as the JSON the run endpoint takes."""
+    if strategy not in STRATEGIES:
+        raise _error(ValueError(f"Unknown strategy {strategy!r}."))
+    out = {}
+    for (name, field), value in zip(PARAM_KEYS, values):
+        if name == strategy:
+            out[field] = value
+    return json.dumps(out)
+
+
+def run(question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
+        request: gr.Request):
+    """Run a search and stream the growing tree; the final yield carries the answer and files."""
+    try:
+        values = json.loads(params_json or "{}")
+        if not isinstance(values, dict):
+            raise ValueError("params must be a JSON object of hyperparameters")
+        params = service.make_params(strategy, values)
+        budget = service.make_budget(max_nodes, max_tokens, max_seconds)
+        service.clean_question(question)
+        service.check_preset(preset)
+        seed = int(seed or 0)
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise _error(exc) from None
+    run_id = request.session_hash if request is not None and request.session_hash else service.new_run_id()
+    try:
+        for tree, done in service.stream_search(question, strategy, preset, params, seed, budget,
+                                                (gold or "").strip() or None, run_id):
+            yield _tree_outputs(tree, done)
+    except (ValueError, OutOfMemory) as exc:  # the server keeps serving; the user gets the reason
+        raise _error(exc) from None
+
+
+def stop(request: gr.Request) -> str:
+    stopped = service.cancel(request.session_hash if request is not None else None)
+    return "Stopping… the partial tree will stay." if stopped else "Nothing is running."
+
+
+def inspect(node_id, tree_json):
+    """The inspector for one node (from a click on the plot, the table, or the API)."""
+    if not tree_json:
+        raise _error(ValueError("Run a search or load a tree first."))
+    tree = SearchTree.from_json(tree_json)
+    try:
+        node = int(float(node_id))
+        tree.node(node)
+    except (TypeError, ValueError, KeyError):
+        raise _error(ValueError(f"There is no node {node_id!r} in this tree (ids run 0-{len(tree) - 1}).")) from None
+    return path_markdown(tree, node), node
+
+
+def pick_row(tree_json, evt: gr.SelectData):
+    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    return inspect(row, tree_json)
+
+
+def replay_to(t, tree_json):
+    if not tree_json:
+        raise _error(ValueError("Run a search or load a tree first."))
+    tree = SearchTree.from_json(tree_json)
+    t = max(0, min(int(t or 0), len(tree.events) - 1))
+    past = replay(tree.events, t, run=tree.run)
+    return tree_figure(past, title=f"after event {t} of {len(tree.events) - 1}"), event_markdown(tree, t)
+
+
+def load_file(path):
+    try:
+        tree = service.import_tree(path)
+    except ValueError as exc:
+        raise _error(exc) from None
+    return _tree_outputs(tree, True)
+
+
+def load_gallery(title):
+    runs = service.gallery_runs()
+    if title not in runs:
+        raise _error(ValueError("Choose a recorded run from the list."))
+    return _tree_outputs(SearchTree.load(runs[title]), True)
+
+
+def make_html(tree_json):
+    if not tree_json:
+        raise _error(ValueError("Run a search or load a tree first."))
+    tree = SearchTree.from_json(tree_json)
+    path = EXPORT_DIR / f"reasoning-tree-{tree.run.get('strategy', 'run')}.html"
+    path.write_text(standalone_html(tree_figure(tree), tree.question[:80]), encoding="utf-8")
+    return str(path)
+
+
+def compare(question, gold, strategies, preset, seed, n, max_nodes, max_tokens, max_seconds):
+    """Run 2-4 strategies on one question with one seed and budget; stream each as it finishes."""
+    try:
+        question = service.clean_question(question)
+        service.check_preset(preset)
+        if not strategies or not 2 <= len(strategies) <= 4:
+            raise ValueError("Pick two to four strategies to compare.")
+        budget = service.make_budget(max_nodes, max_tokens, max_seconds)
+        plans = [(s, service.make_params(s, {"n": n} if n else {})) for s in strategies]
+    except (ValueError, TypeError) as exc:
+        raise _error(exc) from None
+    rows, figures = [], [gr.Plot(visible=False) for _ in range(4)]
+    for i, (name, params) in enumerate(plans):
+        try:
+            tree = service.run_once(question, name, preset, params, int(seed or 0), budget,
+                                    (gold or "").strip() or None)
+        except (ValueError, OutOfMemory) as exc:
+            raise _error(exc) from None
+        sel, t = tree.run["selection"], tree.run["totals"]
+        node = tree.node(sel["node_id"]) if sel["node_id"] is not None else None
+        correct = "" if node is None or node.correct is None else ("✓" if node.correct else "✗")
+        rows.append([STRATEGIES[name].title, sel["answer"] or "–", correct, t["nodes"], t["policy_tokens"],
+                     t["scorer_tokens"], round(t["seconds_total"], 2), tree.run["stopped"] or ""])
+        figures[i] = gr.Plot(value=tree_figure(tree, title=STRATEGIES[name].title, height=420), visible=True)
+        yield (*figures, rows)
+
+
+def build_app() -> gr.Blocks:
+    examples = service.example_problems()
+    with gr.Blocks(title="Reasoning Tree Explorer") as demo:
+        gr.Markdown("# 🌳 Reasoning Tree Explorer\nWatch a language model search for an answer step by step: "
+                    "every step it generates, the process reward model's score for it, and every branch the "
+                    "strategy kept or pruned. Runs a real search on the bundled tiny models, on any CPU.")
+        tree_state = gr.State(None)
+        with gr.Tab("Explore"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    question = gr.Textbox(label="Question", lines=4, placeholder="Ask an arithmetic word problem…",
+                                          elem_id="question")
+                    gold = gr.Textbox(label="Gold answer (optional)", placeholder="e.g. 42: marks answers ✓/✗")
+                    gr.Examples([[q, g] for _, q, g in examples], inputs=[question, gold],
+                                example_labels=[f"{label}: {q[:50]}…" for label, q, _ in examples],
+                                label="Examples (bundled problems by difficulty, with gold answers)")
+                    strategy = gr.Dropdown([(s.title, s.name) for s in STRATEGIES.values()], value="beam_search",
+                                           label="Strategy", elem_id="strategy")
+                    about = gr.Markdown(STRATEGIES["beam_search"].summary)
+                    groups, widgets = {}, []
+                    for s in STRATEGIES.values():
+                        with gr.Group(visible=s.name == "beam_search") as group:
+                            for f in dataclasses.fields(s.params):
+                                label, info = FIELD_UI[f.name]
+                                if f.name in CHOICES:
+                                    w = gr.Dropdown(CHOICES[f.name], value=f.default, label=label, info=info)
+                                elif isinstance(f.default, bool):
+                                    w = gr.Checkbox(value=f.default, label=label, info=info)
+                                else:
+                                    w = gr.Number(value=f.default, label=label, info=info,
+                                                  precision=0 if isinstance(f.default, int) else None)
+                                widgets.append(w)
+                        groups[s.name] = group
+                    with gr.Row():
+                        preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models")
+                        seed = gr.Number(value=0, precision=0, label="Seed")
+                    with gr.Accordion("Budget", open=False):
+                        max_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
+                        max_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
+                        max_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
+                    params_json = gr.Textbox(visible=False)
+                    with gr.Row():
+                        run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                        stop_btn = gr.Button("Stop", variant="stop")
+                    stop_note = gr.Markdown()
+                    with gr.Accordion("Open a recorded run (no model needed)", open=False):
+                        gallery = gr.Dropdown(list(service.gallery_runs()), label="Gallery", value=None)
+                        upload = gr.File(label="Upload a tree JSON", file_types=[".json"], type="filepath")
+                with gr.Column(scale=3):
+                    progress = gr.Markdown("Pick an example or type a question, then press Run.",
+                                           elem_classes="rv-progress")
+                    plot = gr.Plot(label="Search tree (click a node to inspect it)", elem_id="tree-plot")
+                    bridge = gr.HTML(value="", html_template="<span class='rv-clicked'>${value ? 'Clicked node ' + value : ''}</span>",
+                                     js_on_load=BRIDGE_JS, elem_id="node-bridge")
+                    with gr.Row():
+                        answer = gr.Markdown(elem_id="answer")
+                        votes = gr.Plot(label="How the answer was chosen")
+                    with gr.Accordion("Inspector", open=True):
+                        node_pick = gr.Number(label="Node id", precision=0, value=0, elem_id="node-id")
+                        inspector = gr.Markdown("_Click a node in the tree (or pick one in the table)._",
+                                                latex_delimiters=LATEX, elem_id="inspector")
+                    with gr.Accordion("Replay", open=False):
+                        event_slider = gr.Slider(0, 1, value=0, step=1, label="Event", interactive=False)
+                        event_text = gr.Markdown()
+                        replay_plot = gr.Plot(label="The tree after this event")
+                    with gr.Accordion("All nodes", open=False):
+                        table = gr.Dataframe(headers=NODE_COLUMNS, interactive=False, wrap=True)
+                    with gr.Row():
+                        tree_file = gr.File(label="Tree JSON (download)", interactive=False)
+                        html_btn = gr.Button("Make standalone HTML")
+                        html_file = gr.File(label="Standalone HTML (opens offline)", interactive=False)
+        with gr.Tab("Compare"):
+            with gr.Row():
+                c_question = gr.Textbox(label="Question", lines=3, scale=3)
+                with gr.Column(scale=1):
+                    c_gold = gr.Textbox(label="Gold answer (optional)")
+                    c_seed = gr.Number(value=0, precision=0, label="Seed")
+            c_strategies = gr.CheckboxGroup([(s.title, s.name) for s in STRATEGIES.values()],
+                                            value=["self_consistency", "beam_search"], label="Strategies (2-4)")
+            with gr.Row():
+                c_preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models")
+                c_n = gr.Number(value=8, precision=0, label="N (where a strategy has one)")
+                c_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
+                c_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
+                c_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
+            c_btn = gr.Button("Compare", variant="primary")
+            c_table = gr.Dataframe(headers=["strategy", "answer", "correct", "nodes", "policy tokens", "PRM tokens",
+                                            "seconds", "stopped"], interactive=False)
+            with gr.Row():
+                c_plots = [gr.Plot(visible=False) for _ in range(2)]
+            with gr.Row():
+                c_plots += [gr.Plot(visible=False) for _ in range(2)]
+        with gr.Tab("About the strategies"):
+            gr.Markdown("\n".join(f"- **{s.title}** — {s.summary} _{s.paper}_" for s in STRATEGIES.values()))
+
+        # ---- wiring -----------------------------------------------------------------------
+        def show_strategy(name):
+            return [gr.Group(visible=n == name) for n in groups] + [STRATEGIES[name].summary if name in STRATEGIES else ""]
+
+        strategy.change(show_strategy, strategy, [*groups.values(), about], api_visibility="private", queue=False)
+        tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state]
+        run_event = run_btn.click(collect_params, [strategy, *widgets], params_json, api_visibility="private", queue=False).then(
+            run, [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds],
+            tree_outputs, api_name="run", concurrency_id="model", concurrency_limit=service.LIMITS.concurrency)
+        question.submit(collect_params, [strategy, *widgets], params_json, api_visibility="private", queue=False).then(
+            run, [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds],
+            tree_outputs, api_visibility="private", concurrency_id="model")
+        stop_btn.click(stop, None, stop_note, api_name="stop", queue=False)
+        run_event.then(lambda: "", None, stop_note, api_visibility="private", queue=False)
+        bridge.click(inspect, [bridge, tree_state], [inspector, node_pick], api_visibility="private")
+        node_pick.submit(inspect, [node_pick, tree_state], [inspector, node_pick], api_name="inspect")
+        table.select(pick_row, tree_state, [inspector, node_pick], api_visibility="private")
+        event_slider.release(replay_to, [event_slider, tree_state], [replay_plot, event_text], api_name="replay")
+        upload.upload(load_file, upload, tree_outputs, api_name="import_tree")
+        gallery.input(load_gallery, gallery, tree_outputs, api_name="gallery")
+        html_btn.click(make_html, tree_state, html_file, api_name="export_html")
+        c_btn.click(compare, [c_question, c_gold, c_strategies, c_preset, c_seed, c_n, c_nodes, c_tokens, c_seconds],
+                    [*c_plots, c_table], api_name="compare", concurrency_id="model")
+    return demo
+
+
+PARAM_KEYS = [(s.name, f.name) for s in STRATEGIES.values() for f in dataclasses.fields(s.params)]
+demo = build_app()
+
+
+
+def launch(**kwargs):
+    """Start the server (the queue limits model work to the host's concurrency)."""
+    options = dict(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), css=CSS,
+                   theme=gr.themes.Soft())
+    options.update(kwargs)
+    return demo.queue(default_concurrency_limit=service.LIMITS.concurrency).launch(**options)
+
+
+if __name__ == "__main__":
+    launch()

@@ -1,0 +1,132 @@
+"""End to end through ``gradio_client`` against the launched app."""
+
+import json
+import socket
+
+import pytest
+from gradio_client import Client, handle_file
+
+from reasoning_viz.strategies import STRATEGIES
+from reasoning_viz.tree import SearchTree
+
+QUESTION = ("Mia has 12 apples. She buys 5 more apples. She gives 3 apples to a friend. "
+            "How many apples does Mia have now?")
+SMALL = {"n": 4, "beam_width": 2, "simulations": 6, "width": 2, "k": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    import app
+
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()
+
+
+@pytest.fixture()
+def client(server):
+    return Client(server, analytics_enabled=False, verbose=False)
+
+
+def params_for(name: str) -> str:
+    fields = STRATEGIES[name].params.__dataclass_fields__
+    return json.dumps({k: v for k, v in SMALL.items() if k in fields})
+
+
+def run(client, strategy="beam_search", question=QUESTION, params=None, gold="14", max_nodes=300):
+    return client.predict(question, gold, strategy, "TinyGSM (bundled, CPU)", 0,
+                          params if params is not None else params_for(strategy), max_nodes, 20000, 60,
+                          api_name="/run")
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_each_strategy_returns_a_scored_tree(client, strategy):
+    out = run(client, strategy)
+    tree = SearchTree.load(out[7])  # the tree JSON file
+    assert tree.run["strategy"] == strategy
+    assert len(tree) > 1
+    assert all(n.step_score is not None for n in tree.nodes()[1:])
+    assert "### Answer" in out[2] or "### No answer" in out[2]
+
+
+def test_streaming_yields_intermediate_trees(client):
+    job = client.submit(QUESTION, "14", "mcts", "TinyGSM (bundled, CPU)", 0,
+                        json.dumps({"simulations": 30, "width": 3}), 2000, 200000, 120, api_name="/run")
+    outputs = list(job)
+    assert len(outputs) >= 3, "a live search sends the tree more than once"
+    assert any("searching" in o[1] for o in outputs[:-1])
+    assert "done" in outputs[-1][1]
+    nodes = [int(o[1].split("**")[1]) for o in outputs]
+    assert nodes == sorted(nodes) and nodes[0] < nodes[-1]  # the tree grows between updates
+
+
+def test_import_of_export_is_equal(client):
+    out = run(client, "dvts")
+    exported = SearchTree.load(out[7])
+    again = client.predict(handle_file(out[7]), api_name="/import_tree")
+    reimported = SearchTree.load(again[7])
+    assert reimported.to_json() == exported.to_json()
+
+
+def test_inspect_and_replay_after_a_run(client):
+    out = run(client, "beam_search")
+    tree = SearchTree.load(out[7])
+    leaf = tree.run["selection"]["node_id"] or len(tree) - 1
+    inspector, node = client.predict(leaf, api_name="/inspect")
+    assert node == leaf and f"node {leaf}" in inspector
+    for step in tree.steps(leaf):
+        assert step.split(":")[0] in inspector
+    fig, text = client.predict(1, api_name="/replay")
+    assert "Event 1 of" in text
+
+
+@pytest.mark.parametrize("question,params,message", [
+    ("   ", None, "empty"),
+    (QUESTION, json.dumps({"n": 4, "beam_width": 8}), "cannot exceed"),
+    (QUESTION, json.dumps({"n": 0}), "n must be"),
+    (QUESTION, json.dumps({"temperature": -1}), "temperature"),
+    (QUESTION, json.dumps({"n": "lots"}), "whole number"),
+    (QUESTION, "[1, 2]", "JSON object"),
+    ("apples " * 3000, None, "limit"),
+])
+def test_bad_inputs_give_clear_errors(client, question, params, message):
+    with pytest.raises(Exception, match=message):
+        run(client, "beam_search", question=question, params=params)
+
+
+def test_malformed_upload_is_refused(client, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "reasoning-viz/search-tree", "version": 99, "run": {}, "nodes": [], "events": []}')
+    with pytest.raises(Exception, match="newer than this app"):
+        client.predict(handle_file(str(bad)), api_name="/import_tree")
+    junk = tmp_path / "junk.json"
+    junk.write_text("this is not json")
+    with pytest.raises(Exception, match="not a JSON"):
+        client.predict(handle_file(str(junk)), api_name="/import_tree")
+
+
+def test_compare_runs_strategies_side_by_side(client):
+    out = client.predict(QUESTION, "14", ["self_consistency", "beam_search"], "TinyGSM (bundled, CPU)", 0, 4,
+                         300, 20000, 60, api_name="/compare")
+    table = out[-1]
+    rows = table["data"] if isinstance(table, dict) else table
+    assert [r[0] for r in rows] == ["Self-consistency vote", "PRM beam search"]
+    with pytest.raises(Exception, match="two to four"):
+        client.predict(QUESTION, "", ["cot"], "TinyGSM (bundled, CPU)", 0, 4, 300, 20000, 60, api_name="/compare")
+
+
+def test_gallery_runs_load_without_a_model(client):
+    from reasoning_viz.service import gallery_runs
+
+    runs = gallery_runs()
+    assert len({SearchTree.load(p).run["strategy"] for p in runs.values()}) == len(STRATEGIES)
+    title = next(iter(runs))
+    out = client.predict(title, api_name="/gallery")
+    assert SearchTree.load(out[7]).to_json() == SearchTree.load(runs[title]).to_json()

@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from reasoning_viz.cli import main
+from reasoning_viz.tree import SearchTree
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = "Leo saves 20 dollars. He earns 7 more dollars. How many dollars does Leo have now?"
+
+
+def test_solve_writes_tree_and_offline_html(tmp_path, capsys):
+    out_json, out_html = tmp_path / "t.json", tmp_path / "t.html"
+    assert main(["solve", QUESTION, "--strategy", "beam_search", "--set", "n=4", "--set", "beam_width=2",
+                 "--gold", "27", "--json", str(out_json), "--html", str(out_html)]) == 0
+    printed = capsys.readouterr().out
+    tree = SearchTree.load(out_json)
+    assert f"answer: {tree.run['selection']['answer']}" in printed
+    assert tree.run["params"]["n"] == 4 and tree.run["gold"] == "27"
+    html = out_html.read_text(encoding="utf-8")
+    assert "<script" in html and "cdn.plot.ly" not in html and "Plotly.newPlot" in html  # plotly.js inlined
+
+
+def test_eval_prints_a_table(capsys):
+    assert main(["eval", "--strategy", "cot,self_consistency", "--n", "4", "--levels", "1", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| Chain of thought") or
+            line.startswith("| Self-consistency")]
+    assert len(rows) == 2
+    for row in rows:
+        accuracy = float(row.split("|")[2])
+        assert 0.0 <= accuracy <= 100.0
+
+
+def test_bad_input_is_one_clear_line():
+    run = subprocess.run([sys.executable, "-m", "reasoning_viz", "solve", "  ", "--strategy", "cot"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode != 0 and "question is empty" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, "-m", "reasoning_viz", "solve", QUESTION, "--set", "n=0"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode != 0 and "n must be >= 1" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_bench_quick_prints_ratios():
+    run = subprocess.run([sys.executable, "-m", "reasoning_viz", "bench", "--quick"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "ratio (c)/(a)" in run.stdout and "depth" in run.stdout
+
+
+def test_training_quick_runs_end_to_end(tmp_path):
+    policy, prm = tmp_path / "policy", tmp_path / "prm"
+    for args in (["policy", "--quick", "--out", str(policy)],
+                 ["prm", "--quick", "--policy", str(policy), "--out", str(prm)]):
+        run = subprocess.run([sys.executable, "-m", "reasoning_viz.train", *args], capture_output=True, text=True,
+                             cwd=ROOT, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    for folder in (policy, prm):
+        assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+        log = [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
+        assert log and all("loss" in row for row in log)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reasoning_viz.models.scorers import MathShepherdPRM
+
+    prm_model = MathShepherdPRM(AutoModelForCausalLM.from_pretrained(prm), AutoTokenizer.from_pretrained(prm))
+    scores = prm_model.score("Mia has 3 apples.", [["3 + 1 = 4", "The answer is \\boxed{4}."]])
+    assert len(scores[0]) == 2

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from reasoning_viz.models.scorers import CalculatorChecker, MathShepherdPRM, MCRolloutScorer
+from reasoning_viz.models.generator import SamplingParams
+
+Q = "Mia has 12 apples. She buys 5 more apples. She gives 3 apples to a friend. How many apples does Mia have now?"
+PATHS = [["Buys 5 more: 12 + 5 = 17"], ["Buys 5 more: 12 + 5 = 17", "Gives away 3: 17 - 3 = 14"],
+         ["Buys 5 more: 12 + 5 = 17", "Gives away 3: 17 - 3 = 14", "The answer is \\boxed{14}."],
+         ["Buys 5 more: 12 + 5 = 18", "Gives away 3: 18 - 3 = 15"]]
+
+
+def math_shepherd_reference(model, tok, question, steps):
+    """Math-Shepherd's published usage, written out plainly: one full forward per path."""
+    good, bad = tok.encode("+ -", add_special_tokens=False)
+    tag = tok.encode("ки", add_special_tokens=False)[-1]
+    text = question + " " + "\n".join(f"Step {i + 1}: {s} ки" for i, s in enumerate(steps))
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        probs = model(ids).logits[:, :, [good, bad]].softmax(-1)[:, :, 0]
+    return probs[ids == tag].tolist()
+
+
+def test_prm_with_prefix_cache_matches_the_reference(tiny_models):
+    prm: MathShepherdPRM = tiny_models.scorer
+    prm.reset()
+    ref = [math_shepherd_reference(prm.model, prm.tokenizer, Q, p) for p in PATHS]
+    first = prm.score(Q, PATHS[:2])  # the 1- and 2-step paths are now cached
+    second = prm.score(Q, PATHS[2:])  # the 3-step path reuses the 2-step path's cache
+    for got, want in zip(first + second, ref):
+        assert len(got) == len(want)
+        assert got == pytest.approx(want, abs=1e-5)
+    assert all(0.0 <= s <= 1.0 for path in first + second for s in path)
+
+
+def test_prm_cache_really_skips_the_prefix(tiny_models):
+    prm: MathShepherdPRM = tiny_models.scorer
+    prm.reset()
+    prm.score(Q, [PATHS[1]])
+    before = prm.tokens_scored
+    prm.score(Q, [PATHS[2]])
+    new_tokens = prm.tokens_scored - before
+    full = len(prm.encode(Q, PATHS[2]))
+    assert new_tokens < full / 3  # only the new step went through the model
+
+
+def test_calculator_checker():
+    checker = CalculatorChecker()
+    assert checker.score(Q, PATHS) == [[1.0], [1.0, 1.0], [1.0, 1.0, 1.0], [0.0, 1.0]]
+    # a made-up operand is wrong even if the arithmetic is right
+    assert checker.score(Q, [["12 + 6 = 18"]]) == [[0.0]]
+    assert checker.score(Q, [["The answer is \\boxed{99}."]]) == [[0.0]]
+    assert checker.score(Q, [["I think it is many."]]) == [[0.0]]
+
+
+def test_mc_rollout_scorer_counts_rollouts(tiny_models):
+    scorer = MCRolloutScorer(tiny_models.generator, SamplingParams(temperature=1.0, max_step_tokens=4), rollouts=3)
+    scores = scorer.score(Q, [PATHS[2]], gold="14")
+    # the last step already holds the boxed gold answer, so every rollout "reaches" it
+    assert scores[0][2] == 1.0
+    assert all(s in (0.0, 1 / 3, 2 / 3, 1.0) for s in scores[0])
+    assert scorer.tokens_scored > 0

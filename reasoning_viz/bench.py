@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from .models.generator import SamplingParams, StepGenerator
-from .models.loading import BUNDLED_PRM
+from .models.presets import BUNDLED_POLICY
 from .models.scorers import MathShepherdPRM
 
 
@@ -38,8 +38,9 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-class _IdTokenizer:
-    """A stand-in tokenizer for a random model: the generator only needs decode and pad/eos ids."""
+class IdTokenizer:
+    """A stand-in tokenizer for random models in benchmarks: the generator needs only decode and pad/eos ids;
+    token 2 decodes to a blank line, the step delimiter."""
 
     pad_token_id, eos_token_id, chat_template = 0, 1, None
 
@@ -59,7 +60,7 @@ class _IdTokenizer:
 def bench_generator(b: int, k: int, prompt_len: int, step_tokens: int, repeats: int) -> list[tuple[str, float, float]]:
     model = random_llama(vocab=8192, hidden=512, layers=5, inter=1408, heads=8)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
-    tok = _IdTokenizer(8192)
+    tok = IdTokenizer(8192)
     gen = StepGenerator(model, tok)
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(3, 8192, (prompt_len,), generator=g).tolist()
@@ -100,7 +101,7 @@ def bench_generator(b: int, k: int, prompt_len: int, step_tokens: int, repeats: 
 
 
 def bench_prm(depths: tuple[int, ...], k: int, repeats: int) -> None:
-    tok = AutoTokenizer.from_pretrained(BUNDLED_PRM)
+    tok = AutoTokenizer.from_pretrained(BUNDLED_POLICY)  # the PRM shares this tokenizer
     model = random_llama(vocab=len(tok), hidden=512, layers=5, inter=1408, heads=8)
     question = ("Mia has 120 apples. She buys 35 more apples. She gives 40 apples to a friend. "
                 "How many apples does Mia have now?")

@@ -222,6 +222,7 @@ class StepGenerator:
         finish = ["length"] * rows
         active = torch.arange(rows, device=dev)  # original row index of each batch row
         prev_ends_nl = torch.zeros(rows, dtype=torch.bool)
+        alive = torch.ones(rows, dtype=torch.bool)  # per batch row: still generating
         for t in range(params.max_step_tokens):
             tok = self._sample(logits, params, generator)
             if t == 0 and forced_first is not None:
@@ -233,20 +234,29 @@ class StepGenerator:
             is_eos = self._is_eos[tok_cpu] & (not params.ignore_eos)
             hit_step = (self._has_delim[tok_cpu] | (prev_ends_nl[active.cpu()] & self._starts_nl[tok_cpu]))
             done = is_eos | (hit_step if params.stop_at_step and not params.ignore_eos else torch.zeros_like(is_eos))
-            for r, row in enumerate(active.tolist()):
-                tokens[row].append(int(tok_cpu[r]))
-                logps[row].append(float(chosen[r]))
-                margins[row].append(float(top2[r, 0] - top2[r, 1]))
-                if done[r]:
-                    finish[row] = "eos" if is_eos[r] else "step"
+            done = done & alive  # rows that finished earlier stay in the batch until compaction
+            # one conversion per step, not one tensor read per row
+            rows_now, tok_list, alive_list = active.tolist(), tok_cpu.tolist(), alive.tolist()
+            logp_list, margin_list = chosen.tolist(), (top2[:, 0] - top2[:, 1]).tolist()
+            done_list, eos_list = done.tolist(), is_eos.tolist()
+            for r, row in enumerate(rows_now):
+                if not alive_list[r]:
+                    continue
+                tokens[row].append(tok_list[r])
+                logps[row].append(logp_list[r])
+                margins[row].append(margin_list[r])
+                if done_list[r]:
+                    finish[row] = "eos" if eos_list[r] else "step"
             prev_ends_nl[active.cpu()] = self._ends_nl[tok_cpu]
-            keep = (~done).nonzero().squeeze(-1)
-            if keep.numel() == 0 or t == params.max_step_tokens - 1:
+            alive = alive & ~done
+            n_alive = int(alive.sum())
+            if n_alive == 0 or t == params.max_step_tokens - 1:
                 break
-            if keep.numel() < len(active):  # drop finished rows so later steps cost less
-                keep_dev = keep.to(dev)
+            if n_alive <= 0.75 * len(active):  # compact: copying the cache is worth it now
+                keep_dev = alive.nonzero().squeeze(-1).to(dev)
                 cache.batch_select_indices(keep_dev)
                 active, tok, mask, next_pos = active[keep_dev], tok[keep_dev], mask[keep_dev], next_pos[keep_dev]
+                alive = torch.ones(len(active), dtype=torch.bool)
             mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], 1)
             logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
             next_pos = next_pos + 1

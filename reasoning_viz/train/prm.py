@@ -32,12 +32,13 @@ from .policy import ProblemStream
 @dataclass
 class PRMTrainConfig:
     seed: int = 0
-    problems: int = 1800  # training problems to sample solutions for
+    problems: int = 1200  # training problems to sample solutions for
     samples_per_problem: int = 2
-    sample_temperature: float = 1.0
-    rollouts: int = 8  # K completions per step
+    sample_temperature: float = 1.7  # the app's default for the bundled policy: score what users see
+    rollout_temperature: float = 1.0  # cooler rollouts rarely miss the gold from a correct step
+    rollouts: int = 6  # K completions per step
     max_solution_tokens: int = 256
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 32
     lr: float = 1e-3
     policy_dir: Path = POLICY_DIR
@@ -67,6 +68,8 @@ def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: PRMTrainCo
     rng = torch.Generator().manual_seed(cfg.seed)
     sample = SamplingParams(temperature=cfg.sample_temperature, max_step_tokens=cfg.max_solution_tokens,
                             stop_at_step=False)
+    rollout = SamplingParams(temperature=cfg.rollout_temperature, max_step_tokens=cfg.max_solution_tokens,
+                             stop_at_step=False)
     problems = [stream.next() for _ in range(cfg.problems)]
     per_call = 8
     labeled: list[LabeledPath] = []
@@ -91,7 +94,7 @@ def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: PRMTrainCo
                     prefixes.append(prompt + tok(text, add_special_tokens=False)["input_ids"])
                     owners.append((len(paths) - 1, j))
         if prefixes:
-            rollouts = generator.expand(prefixes, cfg.rollouts, sample, generator=rng)
+            rollouts = generator.expand(prefixes, cfg.rollouts, rollout, generator=rng)
             for (i, j), rolls in zip(owners, rollouts):
                 gold = paths[i][0].answer
                 paths[i][2][j] = int(any(answers_match(extract_boxed(r.text), gold) for r in rolls))

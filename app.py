@@ -20,6 +20,7 @@ import gradio as gr  # noqa: E402
 from reasoning_viz import service  # noqa: E402
 from reasoning_viz.models.generator import OutOfMemory  # noqa: E402
 from reasoning_viz.models.loading import DEFAULT_PRESET, PRESETS  # noqa: E402
+from reasoning_viz.models.presets import SCORER_KINDS  # noqa: E402
 from reasoning_viz.render.figures import standalone_html, tree_figure, vote_figure  # noqa: E402
 from reasoning_viz.render.text import (NODE_COLUMNS, answer_markdown, event_markdown, node_rows,  # noqa: E402
                                        path_markdown, progress_line)
@@ -32,7 +33,7 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 
 # Label and help text of every hyperparameter the strategies' dataclasses define.
 FIELD_UI = {
-    "temperature": ("Temperature", "Sampling randomness; 0 = greedy."),
+    "temperature": ("Temperature", "Sampling randomness; 0 = greedy; empty = the model preset's default."),
     "max_depth": ("Max steps", "Longest path, in reasoning steps."),
     "max_step_tokens": ("Max tokens per step", "A step is cut here if no blank line comes first."),
     "greedy": ("Greedy", "Off: one sampled chain at the temperature above."),
@@ -89,7 +90,7 @@ def _tree_outputs(tree: SearchTree, done: bool):
     return (tree_figure(tree), progress_line(tree, done=done), answer_markdown(tree) if done else "_Searching…_",
             vote_figure(sel), gr.Dataframe(value=node_rows(tree), headers=NODE_COLUMNS),
             gr.Slider(minimum=0, maximum=max(1, last), value=last, step=1, interactive=done),
-            event_markdown(tree, last), file, tree.to_json() if done else None)
+            event_markdown(tree, last), file, tree.to_json())  # nodes can be inspected mid-search too
 
 
 def collect_params(strategy: str, *values) -> str:
@@ -104,7 +105,7 @@ def collect_params(strategy: str, *values) -> str:
 
 
 def run(question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
-        request: gr.Request):
+        custom_policy="", scorer_kind="", custom_scorer="", request: gr.Request = None):
     """Run a search and stream the growing tree; the final yield carries the answer and files."""
     try:
         values = json.loads(params_json or "{}")
@@ -113,13 +114,13 @@ def run(question, gold, strategy, preset, seed, params_json, max_nodes, max_toke
         params = service.make_params(strategy, values)
         budget = service.make_budget(max_nodes, max_tokens, max_seconds)
         service.clean_question(question)
-        service.check_preset(preset)
         seed = int(seed or 0)
+        models = service.get_models(preset, custom_policy, scorer_kind, custom_scorer)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise _error(exc) from None
     run_id = request.session_hash if request is not None and request.session_hash else service.new_run_id()
     try:
-        for tree, done in service.stream_search(question, strategy, preset, params, seed, budget,
+        for tree, done in service.stream_search(question, strategy, models, params, seed, budget,
                                                 (gold or "").strip() or None, run_id):
             yield _tree_outputs(tree, done)
     except (ValueError, OutOfMemory) as exc:  # the server keeps serving; the user gets the reason
@@ -186,17 +187,17 @@ def compare(question, gold, strategies, preset, seed, n, max_nodes, max_tokens, 
     """Run 2-4 strategies on one question with one seed and budget; stream each as it finishes."""
     try:
         question = service.clean_question(question)
-        service.check_preset(preset)
         if not strategies or not 2 <= len(strategies) <= 4:
             raise ValueError("Pick two to four strategies to compare.")
         budget = service.make_budget(max_nodes, max_tokens, max_seconds)
         plans = [(s, service.make_params(s, {"n": n} if n else {})) for s in strategies]
+        models = service.get_models(preset)
     except (ValueError, TypeError) as exc:
         raise _error(exc) from None
     rows, figures = [], [gr.Plot(visible=False) for _ in range(4)]
     for i, (name, params) in enumerate(plans):
         try:
-            tree = service.run_once(question, name, preset, params, int(seed or 0), budget,
+            tree = service.run_once(question, name, models, params, int(seed or 0), budget,
                                     (gold or "").strip() or None)
         except (ValueError, OutOfMemory) as exc:
             raise _error(exc) from None
@@ -245,6 +246,11 @@ def build_app() -> gr.Blocks:
                     with gr.Row():
                         preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models")
                         seed = gr.Number(value=0, precision=0, label="Seed")
+                    with gr.Accordion("Custom models (ids the host allows)", open=False):
+                        custom_policy = gr.Textbox(label="Policy: hub id or local path", placeholder="leave empty to use the preset")
+                        scorer_kind = gr.Dropdown(list(SCORER_KINDS), value="llm-judge", label="Scorer format")
+                        custom_scorer = gr.Textbox(label="Scorer: hub id or local path",
+                                                   placeholder="empty: the policy judges itself (llm-judge)")
                     with gr.Accordion("Budget", open=False):
                         max_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
                         max_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
@@ -310,12 +316,13 @@ def build_app() -> gr.Blocks:
 
         strategy.change(show_strategy, strategy, [*groups.values(), about], api_visibility="private", queue=False)
         tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state]
-        run_event = run_btn.click(collect_params, [strategy, *widgets], params_json, api_visibility="private", queue=False).then(
-            run, [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds],
-            tree_outputs, api_name="run", concurrency_id="model", concurrency_limit=service.LIMITS.concurrency)
+        run_inputs = [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
+                      custom_policy, scorer_kind, custom_scorer]
+        run_event = run_btn.click(collect_params, [strategy, *widgets], params_json, api_visibility="private",
+                                  queue=False).then(run, run_inputs, tree_outputs, api_name="run",
+                                                    concurrency_id="model", concurrency_limit=service.LIMITS.concurrency)
         question.submit(collect_params, [strategy, *widgets], params_json, api_visibility="private", queue=False).then(
-            run, [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds],
-            tree_outputs, api_visibility="private", concurrency_id="model")
+            run, run_inputs, tree_outputs, api_visibility="private", concurrency_id="model")
         stop_btn.click(stop, None, stop_note, api_name="stop", queue=False)
         run_event.then(lambda: "", None, stop_note, api_visibility="private", queue=False)
         bridge.click(inspect, [bridge, tree_state], [inspector, node_pick], api_visibility="private")

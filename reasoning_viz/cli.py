@@ -26,7 +26,7 @@ def parse_params(strategy: str, pairs: list[str], base: dict[str, Any] | None = 
         key, sep, raw = pair.partition("=")
         if not sep or key not in fields:
             raise SystemExit(f"--set {pair!r}: {strategy} takes {', '.join(sorted(fields))} (as key=value)")
-        kind = type(fields[key].default)
+        kind = float if fields[key].default is None else type(fields[key].default)  # None: temperature
         try:
             values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         except ValueError:

@@ -7,6 +7,7 @@ enforces the caps and cancellation, and tells a listener (the UI) after every ch
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import threading
 import time
@@ -44,6 +45,7 @@ class Models:
     policy_id: str
     scorer_id: str
     system_prompt: str | None = None
+    temperature: float = 0.8  # default sampling temperature for this policy (a strategy may override)
 
 
 class SearchStopped(Exception):
@@ -213,6 +215,8 @@ def run_search(question: str, strategy: str, models: Models, params: Any = None,
     params = params if params is not None else spec.params()
     if not isinstance(params, spec.params):
         raise TypeError(f"{strategy} takes {spec.params.__name__}, got {type(params).__name__}")
+    if params.temperature is None:  # the model's own default; the record shows the value used
+        params = dataclasses.replace(params, temperature=models.temperature)
     params.validate()
     budget = budget or Budget()
     budget.validate()

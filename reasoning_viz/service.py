@@ -19,11 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .models.loading import PRESETS, load_preset
+from .models.loading import PRESETS, load_models, load_preset
+from .models.presets import MATH_SYSTEM_PROMPT, SCORER_KINDS, check_model_ref
 from .problems.tinygsm import LEVELS, load_test_set
-from .search import Budget, SearchContext, run_search
+from .search import Budget, Models, SearchContext, run_search
 from .strategies import STRATEGIES
 from .tree import SearchTree, TreeFormatError
+
+try:  # on a Hugging Face Space with ZeroGPU, model work must run inside @spaces.GPU
+    import spaces
+
+    gpu_task = spaces.GPU(duration=120)
+except ImportError:  # everywhere else it is a no-op
+    def gpu_task(fn):
+        return fn
 
 RUNS_DIR = Path(__file__).resolve().parents[1] / "assets" / "runs"
 MAX_QUESTION_CHARS = 4000
@@ -80,7 +89,8 @@ def make_params(strategy: str, values: dict[str, Any]) -> Any:
     for f in dataclasses.fields(cls):
         if f.name not in values or values[f.name] is None:
             continue
-        raw, kind = values[f.name], type(f.default)
+        raw = values[f.name]
+        kind = float if f.default is None else type(f.default)  # temperature: None means the preset's
         try:
             if kind is int:
                 if float(raw) != int(float(raw)):
@@ -118,6 +128,30 @@ def check_preset(preset: str) -> None:
         raise ValueError(f"Unknown model preset {preset!r}. Choose one of: {', '.join(PRESETS)}.")
 
 
+def get_models(preset: str, custom_policy: str | None = None, scorer_kind: str | None = None,
+               custom_scorer: str | None = None) -> Models:
+    """The preset's models, or custom ones the host allows (policy id/path, scorer kind and id/path)."""
+    if not (custom_policy or "").strip():
+        check_preset(preset)
+        return load_preset(preset)
+    policy = check_model_ref(custom_policy)
+    kind = (scorer_kind or "llm-judge").strip()
+    if kind not in SCORER_KINDS:
+        raise ValueError(f"Unknown scorer kind {kind!r}. Choose one of: {', '.join(SCORER_KINDS)}.")
+    if kind == "calculator":
+        scorer = "calculator"
+    elif (custom_scorer or "").strip():
+        scorer = check_model_ref(custom_scorer)
+    elif kind == "llm-judge":
+        scorer = policy  # the policy judges its own steps
+    else:
+        raise ValueError(f"A {kind} scorer needs a model id or path.")
+    try:
+        return load_models(policy, scorer, kind, MATH_SYSTEM_PROMPT)
+    except OSError as exc:  # missing files, unreachable hub
+        raise ValueError(f"Could not load the model: {exc}") from None
+
+
 # ---- running ----------------------------------------------------------------------------------
 _cancel_events: dict[str, threading.Event] = {}
 
@@ -135,12 +169,10 @@ def cancel(run_id: str | None) -> bool:
     return True
 
 
-def stream_search(question: str, strategy: str, preset: str, params: Any, seed: int, budget: Budget,
+def stream_search(question: str, strategy: str, models: Models, params: Any, seed: int, budget: Budget,
                   gold: str | None, run_id: str, min_interval: float = 0.3) -> Iterator[tuple[SearchTree, bool]]:
     """Run a search in a worker thread; yield (snapshot, finished) at most every ``min_interval`` s."""
     question = clean_question(question)
-    check_preset(preset)
-    models = load_preset(preset)
     cancel_event = threading.Event()
     _cancel_events[run_id] = cancel_event
     updates: queue.Queue = queue.Queue()
@@ -155,7 +187,7 @@ def stream_search(question: str, strategy: str, preset: str, params: Any, seed: 
 
     def work() -> None:
         try:
-            tree = run_search(question, strategy, models, params, seed=int(seed), budget=budget, gold=gold,
+            tree = gpu_task(run_search)(question, strategy, models, params, seed=int(seed), budget=budget, gold=gold,
                               on_update=on_update, cancel=cancel_event)
             updates.put(("done", tree))
         except Exception as exc:  # handed to the caller's thread, which reports it
@@ -179,12 +211,11 @@ def stream_search(question: str, strategy: str, preset: str, params: Any, seed: 
         _cancel_events.pop(run_id, None)
 
 
-def run_once(question: str, strategy: str, preset: str, params: Any, seed: int, budget: Budget,
+def run_once(question: str, strategy: str, models: Models, params: Any, seed: int, budget: Budget,
              gold: str | None) -> SearchTree:
-    """A whole search without streaming (the compare view and the API)."""
-    check_preset(preset)
-    return run_search(clean_question(question), strategy, load_preset(preset), params, seed=int(seed),
-                      budget=budget, gold=gold)
+    """A whole search without streaming (the compare view)."""
+    return gpu_task(run_search)(clean_question(question), strategy, models, params, seed=int(seed), budget=budget,
+                                gold=gold)
 
 
 # ---- files ------------------------------------------------------------------------------------

@@ -40,10 +40,30 @@ def params_for(name: str) -> str:
     return json.dumps({k: v for k, v in SMALL.items() if k in fields})
 
 
-def run(client, strategy="beam_search", question=QUESTION, params=None, gold="14", max_nodes=300):
+def run(client, strategy="beam_search", question=QUESTION, params=None, gold="14", max_nodes=300,
+        custom_policy="", scorer_kind="llm-judge", custom_scorer=""):
     return client.predict(question, gold, strategy, "TinyGSM (bundled, CPU)", 0,
                           params if params is not None else params_for(strategy), max_nodes, 20000, 60,
-                          api_name="/run")
+                          custom_policy, scorer_kind, custom_scorer, api_name="/run")
+
+
+@pytest.fixture(scope="module")
+def local_model_dir(tmp_path_factory):
+    """A tiny random model saved like a hub checkpoint, in a host's models folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from reasoning_viz.models.loading import BUNDLED_POLICY
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-hub-llama"
+    tok = AutoTokenizer.from_pretrained(BUNDLED_POLICY)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
@@ -56,9 +76,30 @@ def test_each_strategy_returns_a_scored_tree(client, strategy):
     assert "### Answer" in out[2] or "### No answer" in out[2]
 
 
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_each_strategy_with_a_local_model_from_the_model_picker(client, local_model_dir, monkeypatch, strategy):
+    monkeypatch.setenv("RV_MODELS_DIR", str(local_model_dir.parent))
+    out = run(client, strategy, params=json.dumps({**json.loads(params_for(strategy)), "max_depth": 2,
+                                                    "max_step_tokens": 6}),
+              custom_policy=str(local_model_dir), scorer_kind="llm-judge")
+    tree = SearchTree.load(out[7])
+    assert tree.run["models"] == {"policy": "tiny-hub-llama", "scorer": "tiny-hub-llama"}
+    assert tree.run["system_prompt"].startswith("Please reason step by step")
+    assert len(tree) > 1 and all(0 <= n.step_score <= 1 for n in tree.nodes()[1:])
+
+
+def test_custom_models_obey_the_host(client, local_model_dir, monkeypatch):
+    monkeypatch.delenv("RV_MODELS_DIR", raising=False)
+    with pytest.raises(Exception, match="Local model paths are off"):
+        run(client, "cot", custom_policy=str(local_model_dir))
+    with pytest.raises(Exception, match="not on this host's list"):
+        run(client, "cot", custom_policy="someone/unknown-model")
+
+
 def test_streaming_yields_intermediate_trees(client):
     job = client.submit(QUESTION, "14", "mcts", "TinyGSM (bundled, CPU)", 0,
-                        json.dumps({"simulations": 30, "width": 3}), 2000, 200000, 120, api_name="/run")
+                        json.dumps({"simulations": 30, "width": 3}), 2000, 200000, 120, "", "llm-judge", "",
+                        api_name="/run")
     outputs = list(job)
     assert len(outputs) >= 3, "a live search sends the tree more than once"
     assert any("searching" in o[1] for o in outputs[:-1])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
                           Qwen2ForCausalLM)
 
 from reasoning_viz.models.loading import load_scorer
@@ -82,6 +82,7 @@ def test_qwen_prm_matches_the_model_card(tmp_path):
     prm = load_scorer("qwen-prm", str(tmp_path), torch.device("cpu"))
     got = prm.score(QUESTION, PATHS)
     model = prm.model
+    tok = AutoTokenizer.from_pretrained(tmp_path)  # as the model card loads it (the Qwen2 tokenizer class)
     sep = tok.encode("<extra_0>")[0]
     for steps, scores in zip(PATHS, got):
         # the model card: steps joined and ended by <extra_0>; positive-class probability at each one
@@ -107,6 +108,7 @@ def test_skywork_matches_its_inference_code(tmp_path):
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     prm = load_scorer("skywork", str(tmp_path), torch.device("cpu"))
     got = prm.score(QUESTION, PATHS)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
     step_id = tok.encode("\n")[-1]
     for steps, scores in zip(PATHS, got):
         # skywork-o1-prm-inference's prepare_input + derive_step_rewards, with sigmoid(value head)

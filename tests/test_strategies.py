@@ -132,3 +132,12 @@ def test_bad_questions_are_refused(tiny_models):
         run_search("apples " * 2000, "cot", tiny_models)
     with pytest.raises(ValueError, match="unknown strategy"):
         run_search(QUESTION, "nope", tiny_models)
+
+
+def test_temperature_defaults_to_the_models_own(tiny_models):
+    params = small_params("best_of_n", max_depth=1, max_step_tokens=4)
+    assert params.temperature is None
+    tree = run_search(QUESTION, "best_of_n", tiny_models, params)
+    assert tree.run["params"]["temperature"] == tiny_models.temperature  # the record shows what was used
+    hot = run_search(QUESTION, "best_of_n", tiny_models, small_params("best_of_n", max_depth=1, temperature=0.0))
+    assert hot.run["params"]["temperature"] == 0.0

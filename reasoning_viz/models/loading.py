@@ -73,9 +73,10 @@ _lock = threading.Lock()
 _loaded: dict[tuple, Models] = {}
 
 
-def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str | None = None) -> Models:
+def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str | None = None,
+                temperature: float = 0.8) -> Models:
     """A policy + scorer pair, loaded once per process and shared by every caller."""
-    key = (policy, scorer, scorer_kind, system_prompt)
+    key = (policy, scorer, scorer_kind, system_prompt, temperature)
     with _lock:
         if key not in _loaded:
             device = pick_device()
@@ -89,7 +90,7 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
             else:
                 scorer_obj = load_scorer(scorer_kind, scorer, device)
             _loaded[key] = Models(generator, scorer_obj, policy_id=_short(policy), scorer_id=_short(scorer),
-                                  system_prompt=system_prompt)
+                                  system_prompt=system_prompt, temperature=temperature)
         return _loaded[key]
 
 
@@ -98,10 +99,10 @@ def load_preset(name: str) -> Models:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {list(PRESETS)}")
     p: Preset = PRESETS[name]
-    key = (p.policy, p.scorer, p.scorer_kind, p.system_prompt)
+    key = (p.policy, p.scorer, p.scorer_kind, p.system_prompt, p.temperature)
     if key not in _loaded:
         check_fits(p, pick_device())
-    return load_models(p.policy, p.scorer, p.scorer_kind, p.system_prompt)
+    return load_models(p.policy, p.scorer, p.scorer_kind, p.system_prompt, p.temperature)
 
 
 def _short(name: str) -> str:

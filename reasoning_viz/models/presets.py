@@ -22,6 +22,9 @@ ASSETS_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
 BUNDLED_POLICY = ASSETS_MODELS / "tinygsm-policy"
 BUNDLED_PRM = ASSETS_MODELS / "tinygsm-prm"
 SCORER_KINDS = ("math-shepherd", "rlhflow", "qwen-prm", "skywork", "llm-judge", "calculator")
+# The bundled policy is nearly exact when greedy on easy problems; sampled this hot it errs often
+# enough that search visibly matters (the model card's table is measured at this temperature).
+BUNDLED_TEMPERATURE = 1.7
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -36,13 +39,16 @@ class Preset:
     system_prompt: str | None
     memory_gb: float  # weights in bf16 on a GPU (twice that in float32 on a CPU)
     description: str
+    temperature: float = 0.8  # default sampling temperature (search-and-learn samples at 0.8)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("TinyGSM (bundled, CPU)", str(BUNDLED_POLICY), str(BUNDLED_PRM), "math-shepherd", None, 0.02,
-           "The bundled ~3.4M-parameter policy and Math-Shepherd-format PRM: offline, any CPU, seconds."),
+           "The bundled ~3M-parameter policy and Math-Shepherd-format PRM: offline, any CPU, seconds.",
+           BUNDLED_TEMPERATURE),
     Preset("TinyGSM + calculator checker", str(BUNDLED_POLICY), "calculator", "calculator", None, 0.01,
-           "The bundled policy, scored by the exact rule-based step checker instead of a learned PRM."),
+           "The bundled policy, scored by the exact rule-based step checker instead of a learned PRM.",
+           BUNDLED_TEMPERATURE),
     Preset("Qwen2.5-Math-1.5B-Instruct + Qwen2.5-Math-PRM-7B", "Qwen/Qwen2.5-Math-1.5B-Instruct",
            "Qwen/Qwen2.5-Math-PRM-7B", "qwen-prm", MATH_SYSTEM_PROMPT, 18.5,
            "A strong small math model with Qwen's 7B PRM (a 24 GB GPU)."),

@@ -8,20 +8,16 @@ from ..models.generator import SamplingParams
 from ..search import SearchContext
 from ..tree import AGGREGATIONS
 
-# The app's default sampling temperature for the bundled policy (see the model card's table).
-DEFAULT_TEMPERATURE = 0.8
-
-
 @dataclass
 class StrategyParams:
     """Hyperparameters every strategy has."""
 
-    temperature: float = DEFAULT_TEMPERATURE
+    temperature: float | None = None  # None: the model preset's default
     max_depth: int = 10  # steps per path
     max_step_tokens: int = 48  # tokens per step
 
     def validate(self) -> None:
-        if self.temperature < 0:
+        if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.max_depth < 1:
             raise ValueError(f"max_depth must be >= 1, got {self.max_depth}")

@@ -23,7 +23,7 @@ from ..models.loading import BUNDLED_POLICY, BUNDLED_PRM, load_causal_lm
 from ..models.scorers import MathShepherdPRM
 from ..problems.grading import answers_match, extract_boxed, normalize_answer
 from ..problems.tinygsm import LEVELS, load_test_set, reference_step_labels
-from ..strategies.base import DEFAULT_TEMPERATURE
+from ..models.presets import BUNDLED_TEMPERATURE
 from ..tree import aggregate
 from .common import use_all_cores
 from .prm import split_steps
@@ -37,7 +37,7 @@ class EvalConfig:
     prm_dir: Path = BUNDLED_PRM
     samples: int = 64  # n, for pass@k
     group: int = 16  # samples per vote / best-of group
-    temperature: float = DEFAULT_TEMPERATURE
+    temperature: float = BUNDLED_TEMPERATURE  # the app's default for the bundled policy
     limit: int | None = None  # problems per level
     seed: int = 0
     problems_per_call: int = 8

@@ -1,0 +1,62 @@
+"""The shipped policy and PRM, loaded from the repository offline, do what the app relies on."""
+
+import os
+import re
+
+from reasoning_viz.models.generator import SamplingParams
+from reasoning_viz.problems.tinygsm import load_test_set
+
+STEP = re.compile(r"^.{0,40}: \d+ [-+*/] \d+ = \d+$")
+
+
+def test_loaded_offline_from_the_repository(bundled_models):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert bundled_models.policy_id == "tinygsm-policy" and bundled_models.scorer_id == "tinygsm-prm"
+    assert sum(p.numel() for p in bundled_models.generator.model.parameters()) < 10_000_000
+
+
+def test_policy_writes_a_well_formed_solution(bundled_models):
+    gen = bundled_models.generator
+    problem = next(p for p in load_test_set() if p.level == 3)
+    out = gen.expand([gen.prompt_ids(problem.question)], 1,
+                     SamplingParams(temperature=0.0, max_step_tokens=200, stop_at_step=False))[0][0]
+    assert out.finish == "eos"
+    steps = out.text.split("\n\n")
+    assert len(steps) >= 2
+    assert all(STEP.match(s) for s in steps[:-1]), steps
+    assert re.fullmatch(r"The answer is \\boxed\{-?\d+\}\.", steps[-1])
+
+
+def test_batched_steps_equal_one_at_a_time(bundled_models):
+    """Rows that stop at different times (a step, the answer) must not disturb the others."""
+    gen = bundled_models.generator
+    problems = [p for p in load_test_set() if p.level in (1, 4, 6)][::40]
+    tok = gen.tokenizer
+    prefixes = []
+    for i, p in enumerate(problems):
+        done = "\n\n".join(p.steps[: i % (len(p.steps) + 1)])
+        prefixes.append(gen.prompt_ids(p.question) + (tok.encode(done + "\n\n", add_special_tokens=False) if done else []))
+    greedy = SamplingParams(temperature=0.0, max_step_tokens=40)
+    together = gen.expand(prefixes, 2, greedy)
+    assert len({c.finish for node in together for c in node}) == 2  # some stop at a step, some at the answer
+    for prefix, children in zip(prefixes, together):
+        alone = gen.expand([prefix], 1, greedy)[0][0]
+        assert [c.token_ids for c in children] == [alone.token_ids] * 2
+
+
+def test_prm_prefers_correct_steps_to_corrupted_copies(bundled_models):
+    prm = bundled_models.scorer
+    prm.reset()
+    problems = [p for p in load_test_set() if p.level >= 2][::25]
+    wins = 0
+    for p in problems:
+        steps = list(p.steps)
+        k = len(steps) // 2
+        head, result = steps[k].rsplit("= ", 1)
+        corrupted = steps[:k] + [f"{head}= {int(result) + 1 + k % 3}"]
+        good, bad = prm.score(p.question, [steps[: k + 1], corrupted])
+        assert len(good) == len(bad) == k + 1 and all(0.0 <= s <= 1.0 for s in good + bad)
+        wins += good[-1] > bad[-1]
+    rate = wins / len(problems)
+    print(f"PRM ranks the correct step above its corrupted copy in {wins}/{len(problems)} cases")
+    assert rate >= 0.9

@@ -76,3 +76,15 @@ def test_token_cap_and_validation(gen):
         gen.expand([prefixes(gen)[0]], 1, SamplingParams(temperature=-1.0))
     with pytest.raises(ValueError):
         gen.expand([[]], 1, SamplingParams())
+
+
+def test_encode_steps_matches_running_text(gen):
+    """A prefix of finished steps must tokenize as it does inside a longer solution (what the model saw)."""
+    from reasoning_viz.models.generator import encode_steps
+
+    tok = gen.tokenizer
+    steps = ["Buys 5 more: 12 + 5 = 17", "Gives away 3: 17 - 3 = 14"]
+    full = tok.encode("\n\n".join(steps) + "\n\nThe answer is \\boxed{14}.", add_special_tokens=False)
+    prefix = encode_steps(tok, steps)
+    assert full[: len(prefix)] == prefix
+    assert tok.decode(prefix) == "\n\n".join(steps) + "\n\n"

@@ -52,6 +52,20 @@ class SamplingParams:
             raise ValueError(f"max_step_tokens must be >= 1, got {self.max_step_tokens}")
 
 
+def encode_steps(tokenizer: PreTrainedTokenizerBase, steps: list[str], delimiter: str = STEP_DELIMITER) -> list[int]:
+    """Token ids of finished steps, each followed by the delimiter, as they appear inside longer text.
+
+    Encoding a string that *ends* in a blank line can merge it into a token the model never saw
+    before a next step (byte-level BPE splits "\n\n" differently before a word), so encode with a
+    following letter and drop it, keeping the ids only when they decode back to the same text.
+    """
+    text = delimiter.join(s.strip() for s in steps) + delimiter
+    ids = tokenizer.encode(text + "A", add_special_tokens=False)[:-1]
+    if tokenizer.decode(ids) == text:
+        return ids
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 class OutOfMemory(RuntimeError):
     """The device ran out of memory even at the smallest batch; the message says what to try."""
 

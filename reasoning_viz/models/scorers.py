@@ -68,8 +68,10 @@ class MathShepherdPRM:
         return self._tokens_scored
 
     def format(self, question: str, steps: list[str]) -> str:
-        output = "\n".join(f"Step {i + 1}: {s.strip()} {self.step_tag}" for i, s in enumerate(steps))
-        return f"{question} {output}"
+        # a step's own text never carries the tag (a sampled one would add a score): exactly one per step
+        output = "\n".join(f"Step {i + 1}: {s.replace(self.step_tag, '').strip()} {self.step_tag}"
+                            for i, s in enumerate(steps))
+        return f"{question.replace(self.step_tag, '')} {output}"
 
     def encode(self, question: str, steps: list[str]) -> list[int]:
         return self.tokenizer.encode(self.format(question, steps))
@@ -279,13 +281,14 @@ class MCRolloutScorer:
         return self._tokens
 
     def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        from .generator import encode_steps
+
         prompt = self.generator.prompt_ids(question, self.system_prompt)
         tok = self.generator.tokenizer
         prefixes, owners = [], []
         for i, steps in enumerate(paths):
             for j in range(len(steps)):
-                text = "\n\n".join(s.strip() for s in steps[: j + 1]) + "\n\n"
-                prefixes.append(prompt + tok(text, add_special_tokens=False)["input_ids"])
+                prefixes.append(prompt + encode_steps(tok, steps[: j + 1]))
                 owners.append((i, j))
         children = self.generator.expand(prefixes, self.rollouts, self.params, generator=self._rng)
         scores = [[0.0] * len(steps) for steps in paths]

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..models.generator import SamplingParams, StepGenerator
+from ..models.generator import SamplingParams, StepGenerator, encode_steps
 from ..models.scorers import MathShepherdPRM
 from ..problems.grading import answers_match, extract_boxed
 from .common import POLICY_DIR, PRM_DIR, pad_batch, seed_everything, train_loop, use_all_cores
@@ -90,8 +90,7 @@ def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: PRMTrainCo
                     if boxed is not None or j == len(steps) - 1:  # the final step: its answer decides
                         labels[j] = int(answers_match(boxed, prob.answer))
                         continue
-                    text = "\n\n".join(steps[: j + 1]) + "\n\n"
-                    prefixes.append(prompt + tok(text, add_special_tokens=False)["input_ids"])
+                    prefixes.append(prompt + encode_steps(tok, steps[: j + 1]))
                     owners.append((len(paths) - 1, j))
         if prefixes:
             rollouts = generator.expand(prefixes, cfg.rollouts, rollout, generator=rng)

@@ -41,7 +41,7 @@ class EvalConfig:
     limit: int | None = None  # problems per level
     seed: int = 0
     problems_per_call: int = 8
-    max_tokens: int = 256
+    max_tokens: int = 160  # the longest gold solution is 124 tokens; longer samples are wrong anyway
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -116,9 +116,10 @@ def evaluate(cfg: EvalConfig) -> str:
             st.majority.append(bool(votes) and answers_match(votes.most_common(1)[0][0], prob.answer))
             paths = [split_steps(s.text) or [""] for s in group]
             scores = prm.score(prob.question, paths)
+            finished = [i for i in range(len(group)) if answers[i] is not None]  # as the app chooses
             for how, out in (("last", st.best_last), ("min", st.best_min)):
-                best = max(range(len(group)), key=lambda i: aggregate(scores[i], how))
-                out.append(right[best])
+                best = max(finished, key=lambda i: aggregate(scores[i], how), default=None)
+                out.append(best is not None and right[best])
             for path, path_scores in zip(paths, scores):
                 st.step_scores.extend(path_scores)
                 st.step_labels.extend(reference_step_labels(prob, path))

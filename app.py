@@ -33,7 +33,8 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 
 # Label and help text of every hyperparameter the strategies' dataclasses define.
 FIELD_UI = {
-    "temperature": ("Temperature", "Sampling randomness; 0 = greedy; empty = the model preset's default."),
+    "temperature": ("Temperature", "Sampling randomness; 0 = greedy. Set from the model preset "
+                                   "(1.7 for the bundled policy, 0.8 for hub models)."),
     "max_depth": ("Max steps", "Longest path, in reasoning steps."),
     "max_step_tokens": ("Max tokens per step", "A step is cut here if no blank line comes first."),
     "greedy": ("Greedy", "Off: one sampled chain at the temperature above."),
@@ -229,7 +230,7 @@ def build_app() -> gr.Blocks:
                     strategy = gr.Dropdown([(s.title, s.name) for s in STRATEGIES.values()], value="beam_search",
                                            label="Strategy", elem_id="strategy")
                     about = gr.Markdown(STRATEGIES["beam_search"].summary)
-                    groups, widgets = {}, []
+                    groups, widgets, temperature_widgets = {}, [], []
                     for s in STRATEGIES.values():
                         with gr.Group(visible=s.name == "beam_search") as group:
                             for f in dataclasses.fields(s.params):
@@ -238,6 +239,9 @@ def build_app() -> gr.Blocks:
                                     w = gr.Dropdown(CHOICES[f.name], value=f.default, label=label, info=info)
                                 elif isinstance(f.default, bool):
                                     w = gr.Checkbox(value=f.default, label=label, info=info)
+                                elif f.name == "temperature":  # follows the model preset (see below)
+                                    w = gr.Number(value=PRESETS[DEFAULT_PRESET].temperature, label=label, info=info)
+                                    temperature_widgets.append(w)
                                 else:
                                     w = gr.Number(value=f.default, label=label, info=info,
                                                   precision=0 if isinstance(f.default, int) else None)
@@ -315,6 +319,9 @@ def build_app() -> gr.Blocks:
             return [gr.Group(visible=n == name) for n in groups] + [STRATEGIES[name].summary if name in STRATEGIES else ""]
 
         strategy.change(show_strategy, strategy, [*groups.values(), about], api_visibility="private", queue=False)
+        preset.change(lambda p: [PRESETS[p].temperature] * len(temperature_widgets) if p in PRESETS else
+                      [gr.skip()] * len(temperature_widgets), preset, temperature_widgets,
+                      api_visibility="private", queue=False)
         tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state]
         run_inputs = [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
                       custom_policy, scorer_kind, custom_scorer]
@@ -325,8 +332,9 @@ def build_app() -> gr.Blocks:
             run, run_inputs, tree_outputs, api_visibility="private", concurrency_id="model")
         stop_btn.click(stop, None, stop_note, api_name="stop", queue=False)
         run_event.then(lambda: "", None, stop_note, api_visibility="private", queue=False)
-        bridge.click(inspect, [bridge, tree_state], [inspector, node_pick], api_visibility="private")
         node_pick.submit(inspect, [node_pick, tree_state], [inspector, node_pick], api_name="inspect")
+        bridge.click(inspect, [bridge, tree_state], [inspector, node_pick], api_name="inspect_click",
+                     api_visibility="private")
         table.select(pick_row, tree_state, [inspector, node_pick], api_visibility="private")
         event_slider.release(replay_to, [event_slider, tree_state], [replay_plot, event_text], api_name="replay")
         upload.upload(load_file, upload, tree_outputs, api_name="import_tree")

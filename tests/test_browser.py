@@ -1,6 +1,7 @@
 """A real browser (Debian's Chromium via Playwright): run, see the tree, click a node, inspect it."""
 
 import os
+import re
 import shutil
 import socket
 
@@ -37,7 +38,8 @@ def page(server):
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--no-first-run", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
-        page.goto(server, wait_until="networkidle")
+        page.goto(server, wait_until="load")  # a Gradio page keeps a connection open: never "network idle"
+        page.locator("#run").wait_for(timeout=60_000)
         yield page
         browser.close()
 
@@ -45,8 +47,9 @@ def page(server):
 def test_beam_search_click_a_node_and_inspect_it(page, artifacts_dir):
     # an example from the bundled gallery fills the question and its gold answer
     page.get_by_text("Level 3:").first.click()
-    question = page.locator("#question textarea")
-    assert "How many" in question.input_value()
+    from playwright.sync_api import expect
+
+    expect(page.locator("#question textarea")).to_have_value(re.compile("How many"), timeout=20_000)
     page.locator("#run").click()
     page.get_by_text("done").first.wait_for(timeout=120_000)
     markers = page.locator("#tree-plot .scatterlayer .trace .points path")
@@ -55,6 +58,8 @@ def test_beam_search_click_a_node_and_inspect_it(page, artifacts_dir):
     assert "Answer:" in answer and "###" not in answer  # markdown is rendered, not shown raw
     # click the deepest node of the chosen path: it is ringed in blue and drawn last in its trace
     plot = page.locator("#tree-plot .js-plotly-plot").first
+    plot.scroll_into_view_if_needed()  # the page may have scrolled while the search ran
+    page.wait_for_timeout(300)
     node_id = page.evaluate("""() => {
         const gd = document.querySelector('#tree-plot .js-plotly-plot');
         const trace = gd.data.find(t => t.name === 'nodes');

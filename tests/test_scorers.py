@@ -60,3 +60,10 @@ def test_mc_rollout_scorer_counts_rollouts(tiny_models):
     assert scores[0][2] == 1.0
     assert all(s in (0.0, 1 / 3, 2 / 3, 1.0) for s in scores[0])
     assert scorer.tokens_scored > 0
+
+
+def test_a_sampled_step_tag_inside_a_step_does_not_add_a_score(tiny_models):
+    prm: MathShepherdPRM = tiny_models.scorer
+    prm.reset()
+    scores = prm.score(Q, [["Buys 5 more ки: 12 + 5 = 17", "ки ки"]])
+    assert len(scores[0]) == 2

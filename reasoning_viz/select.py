@@ -45,32 +45,29 @@ def _pick_node(tree: SearchTree, nodes: list[Node], aggregation: str) -> Node:
     return max(nodes, key=lambda n: (path_score(tree, n.id, aggregation), -n.id))
 
 
-def majority_vote(tree: SearchTree, aggregation: str = "last") -> Selection:
-    """The most frequent final answer (self-consistency, Wang et al. 2023)."""
+def _vote(tree: SearchTree, rule: str, aggregation: str, weighted: bool) -> Selection:
     nodes = answered(tree)
     if not nodes:
-        return _nothing("majority")
+        return _nothing(rule)
     votes: dict[str, float] = defaultdict(float)
     for n in nodes:
-        votes[n.answer] += 1
+        votes[n.answer] += path_score(tree, n.id, aggregation) if weighted else 1
+    # ties go to the answer found first (deterministic)
     best = max(votes, key=lambda a: (votes[a], -min(n.id for n in nodes if n.answer == a)))
     node = _pick_node(tree, [n for n in nodes if n.answer == best], aggregation)
-    return Selection("majority", best, node.id, votes[best], dict(votes),
-                     f"Majority vote: {best} got {votes[best]:g} of {len(nodes)} votes")
+    detail = (f"Weighted vote ({aggregation} score): {best} with weight {votes[best]:.2f}" if weighted
+              else f"Majority vote: {best} got {votes[best]:g} of {len(nodes)} votes")
+    return Selection(rule, best, node.id, votes[best], dict(votes), detail)
+
+
+def majority_vote(tree: SearchTree, aggregation: str = "last") -> Selection:
+    """The most frequent final answer (self-consistency, Wang et al. 2023)."""
+    return _vote(tree, "majority", aggregation, weighted=False)
 
 
 def weighted_vote(tree: SearchTree, aggregation: str = "last") -> Selection:
     """Each answer's votes weighted by its paths' aggregated PRM scores, summed."""
-    nodes = answered(tree)
-    if not nodes:
-        return _nothing("weighted")
-    votes: dict[str, float] = defaultdict(float)
-    for n in nodes:
-        votes[n.answer] += path_score(tree, n.id, aggregation)
-    best = max(votes, key=lambda a: (votes[a], -min(n.id for n in nodes if n.answer == a)))
-    node = _pick_node(tree, [n for n in nodes if n.answer == best], aggregation)
-    return Selection("weighted", best, node.id, votes[best], dict(votes),
-                     f"Weighted vote ({aggregation} score): {best} with weight {votes[best]:.2f}")
+    return _vote(tree, "weighted", aggregation, weighted=True)
 
 
 def best_score(tree: SearchTree, aggregation: str = "last") -> Selection:

@@ -47,6 +47,21 @@ def tiny_models():
     return Models(StepGenerator(tiny(), tok), MathShepherdPRM(tiny(), tok), "tiny-random", "tiny-random-prm")
 
 
+@pytest.fixture(scope="module")
+def server():
+    """The app, launched on a free loopback port for the module's tests."""
+    import socket
+
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

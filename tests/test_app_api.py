@@ -1,7 +1,6 @@
 """End to end through ``gradio_client`` against the launched app."""
 
 import json
-import socket
 
 import pytest
 from gradio_client import Client, handle_file
@@ -12,22 +11,6 @@ from reasoning_viz.tree import SearchTree
 QUESTION = ("Mia has 12 apples. She buys 5 more apples. She gives 3 apples to a friend. "
             "How many apples does Mia have now?")
 SMALL = {"n": 4, "beam_width": 2, "simulations": 6, "width": 2, "k": 3}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    import app
-
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.demo.close()
 
 
 @pytest.fixture()

@@ -3,28 +3,11 @@
 import os
 import re
 import shutil
-import socket
 
 import pytest
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("RV_CHROMIUM", "/usr/bin/chromium")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    import app
-
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.demo.close()
 
 
 @pytest.fixture(scope="module")

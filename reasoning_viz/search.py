@@ -168,10 +168,10 @@ class SearchContext:
         """CoT-decoding's confidence: mean p(top-1) - p(top-2) over the answer's tokens."""
         tok = self.models.generator.tokenizer
         text = ""
-        spans = []
-        for t in sample.token_ids:
+        spans = []  # character span of each token in the decoded step
+        for i in range(len(sample.token_ids)):
             start = len(text)
-            text = tok.decode(sample.token_ids[: len(spans) + 1], skip_special_tokens=True)
+            text = tok.decode(sample.token_ids[: i + 1], skip_special_tokens=True)
             spans.append((start, len(text)))
         open_at = text.rfind("\\boxed{")
         if open_at < 0:

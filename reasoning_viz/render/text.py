@@ -14,7 +14,7 @@ def math_markdown(text: str) -> str:
     """Step text with bare equations and ``\\boxed{}`` wrapped in ``$...$`` so KaTeX renders them."""
     if "$" in text or "\\(" in text or "\\[" in text:
         return text  # the model already wrote LaTeX delimiters
-    text = _EQUATION.sub(lambda m: "$" + m[1].replace("*", r"\times ").replace("/", r"\div ") + "$", text)
+    text = _EQUATION.sub(lambda m: "$" + m[1].replace("*", r"\times").replace("/", r"\div") + "$", text)
     return _BOXED.sub(r"$\1$", text)
 
 

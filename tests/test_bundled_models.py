@@ -3,7 +3,7 @@
 import os
 import re
 
-from reasoning_viz.models.generator import SamplingParams, encode_steps
+from reasoning_viz.models.generator import SamplingParams
 from reasoning_viz.problems.tinygsm import load_test_set
 
 STEP = re.compile(r"^.{0,40}: \d+ [-+*/] \d+ = \d+$")
@@ -33,8 +33,12 @@ def test_batched_steps_equal_one_at_a_time(bundled_models):
     problems = [p for p in load_test_set() if p.level in (1, 4, 6)][::40]
     prefixes = []
     for i, p in enumerate(problems):
-        done = list(p.steps[: i % (len(p.steps) + 1)])
-        prefixes.append(gen.prompt_ids(p.question) + (encode_steps(gen.tokenizer, done) if done else []))
+        done = i % (len(p.steps) + 1)  # gold steps already written, each with its blank line, as in a tree
+        solution = gen.tokenizer.encode(p.solution, add_special_tokens=False)
+        cut = next(n for n in range(len(solution) + 1)
+                   if gen.tokenizer.decode(solution[:n]).count("\n\n") == done and
+                   (done == 0 or gen.tokenizer.decode(solution[:n]).endswith("\n\n")))
+        prefixes.append(gen.prompt_ids(p.question) + solution[:cut])
     greedy = SamplingParams(temperature=0.0, max_step_tokens=40)
     together = gen.expand(prefixes, 2, greedy)
     assert len({c.finish for node in together for c in node}) == 2  # some stop at a step, some at the answer

@@ -79,12 +79,19 @@ def test_token_cap_and_validation(gen):
 
 
 def test_encode_steps_matches_running_text(gen):
-    """A prefix of finished steps must tokenize as it does inside a longer solution (what the model saw)."""
+    """A prefix of finished steps must tokenize as it does inside any longer solution (what the model saw).
+
+    The blank line is left for the model to write: its tokens depend on what follows it (one merged
+    token before a digit, two before a letter), so no pre-encoded delimiter fits every next step.
+    """
     from reasoning_viz.models.generator import encode_steps
 
     tok = gen.tokenizer
     steps = ["Buys 5 more: 12 + 5 = 17", "Gives away 3: 17 - 3 = 14"]
-    full = tok.encode("\n\n".join(steps) + "\n\nThe answer is \\boxed{14}.", add_special_tokens=False)
     prefix = encode_steps(tok, steps)
-    assert full[: len(prefix)] == prefix
-    assert tok.decode(prefix) == "\n\n".join(steps) + "\n\n"
+    assert tok.decode(prefix) == "\n\n".join(steps)
+    for next_step in ("The answer is \\boxed{14}.", "3 more get on: 14 + 3 = 17"):
+        full = tok.encode("\n\n".join(steps + [next_step]), add_special_tokens=False)
+        assert full[: len(prefix)] == prefix, next_step
+    # the two tokenizations of the blank line really differ, which is why it is left out
+    assert tok.encode("1\n\nThe", add_special_tokens=False)[1:-1] != tok.encode("1\n\n2", add_special_tokens=False)[1:-1]

@@ -53,17 +53,14 @@ class SamplingParams:
 
 
 def encode_steps(tokenizer: PreTrainedTokenizerBase, steps: list[str], delimiter: str = STEP_DELIMITER) -> list[int]:
-    """Token ids of finished steps, each followed by the delimiter, as they appear inside longer text.
+    """Token ids of finished steps joined by the delimiter, ending *before* the last delimiter.
 
-    Encoding a string that *ends* in a blank line can merge it into a token the model never saw
-    before a next step (byte-level BPE splits "\n\n" differently before a word), so encode with a
-    following letter and drop it, keeping the ids only when they decode back to the same text.
+    A continuation (a rollout, the next step) must start from these ids and write the delimiter
+    itself: with byte-level BPE the blank line's tokens depend on what follows it (one merged
+    token before a digit, two before a letter), so a delimiter encoded in advance would tell the
+    model what kind of step comes next — e.g. "the answer line" — and derail it.
     """
-    text = delimiter.join(s.strip() for s in steps) + delimiter
-    ids = tokenizer.encode(text + "A", add_special_tokens=False)[:-1]
-    if tokenizer.decode(ids) == text:
-        return ids
-    return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(delimiter.join(s.strip() for s in steps), add_special_tokens=False)
 
 
 class OutOfMemory(RuntimeError):

@@ -15,15 +15,22 @@ from pathlib import Path
 from typing import Any
 
 
-def parse_params(strategy: str, pairs: list[str], base: dict[str, Any] | None = None) -> Any:
-    """A strategy's hyperparameter dataclass: defaults, then ``base``, then ``key=value`` strings."""
+def parse_params(strategy: str, pairs: list[str], base: dict[str, Any] | None = None,
+                 shared: list[str] = ()) -> Any:
+    """A strategy's hyperparameter dataclass: defaults, then ``base``, then ``key=value`` strings.
+
+    ``shared`` pairs come first and skip keys this strategy lacks (one ``--set`` given to several
+    strategies); ``pairs`` must all fit.
+    """
     from .strategies import STRATEGIES
 
     cls = STRATEGIES[strategy].params
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in fields}
-    for pair in pairs:
+    for pair in [*shared, *pairs]:
         key, sep, raw = pair.partition("=")
+        if sep and key not in fields and pair in shared and pair not in pairs:
+            continue
         if not sep or key not in fields:
             raise SystemExit(f"--set {pair!r}: {strategy} takes {', '.join(sorted(fields))} (as key=value)")
         kind = float if fields[key].default is None else type(fields[key].default)  # None: temperature
@@ -37,6 +44,27 @@ def parse_params(strategy: str, pairs: list[str], base: dict[str, Any] | None = 
     except ValueError as exc:
         raise SystemExit(f"invalid hyperparameters: {exc}") from None
     return params
+
+
+# What ``eval --strategy all`` compares: every strategy, plus the variants the README's claims are
+# about (a single *sampled* chain is the baseline; majority and PRM-weighted votes side by side).
+ALL_EVAL_ROWS = ("cot", "cot:greedy=false", "best_of_n", "self_consistency", "self_consistency:vote=weighted",
+                 "cot_decoding", "beam_search", "dvts", "mcts", "fast_slow")
+
+
+def parse_eval_rows(spec: str) -> list[tuple[str, list[str]]]:
+    """``"all"`` or ``"name[:key=value[:key=value]],..."`` -> [(strategy, ["key=value", ...]), ...]."""
+    from .strategies import STRATEGIES
+
+    rows = []
+    for item in ALL_EVAL_ROWS if spec == "all" else [x.strip() for x in spec.split(",") if x.strip()]:
+        name, *pairs = item.split(":")
+        if name not in STRATEGIES:
+            raise SystemExit(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} or 'all'")
+        rows.append((name, pairs))
+    if not rows:
+        raise SystemExit("--strategy: name at least one strategy, or 'all'")
+    return rows
 
 
 def _budget(args):
@@ -82,21 +110,28 @@ def cmd_eval(args) -> int:
     from .search import run_search
     from .strategies import STRATEGIES
 
-    names = list(STRATEGIES) if args.strategy == "all" else args.strategy.split(",")
-    for name in names:
-        if name not in STRATEGIES:
-            raise SystemExit(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} or 'all'")
+    rows = parse_eval_rows(args.strategy)
+    shared = args.set or []
+    for pair in shared:  # a shared --set key must fit at least one strategy
+        if not any(pair.partition("=")[0] in {f.name for f in dataclasses.fields(STRATEGIES[n].params)}
+                   for n, _ in rows):
+            raise SystemExit(f"--set {pair!r}: none of the chosen strategies takes {pair.partition('=')[0]!r}")
+    plan = [(name, pairs, parse_params(name, pairs, base={"n": args.n}, shared=shared))
+            for name, pairs in rows]  # every row's hyperparameters checked before the long run starts
     levels = [int(x) for x in args.levels.split(",")]
     problems = [p for p in load_test_set() if p.level in levels]
     if args.limit:
         problems = [p for lv in levels for p in [q for q in problems if q.level == lv][: args.limit]]
     models = load_preset(args.preset)
-    rows = []
-    for name in names:
-        params = parse_params(name, args.set or [], base={"n": args.n})
+    print(f"{len(problems)} held-out problems (levels {args.levels}), N={args.n}, seed {args.seed}, "
+          f"preset {args.preset!r}\n")
+    print("| strategy | accuracy % | policy tokens / problem | PRM tokens / problem | seconds / problem |")
+    print("|---|---|---|---|---|", flush=True)
+    for name, pairs, params in plan:
+        title = STRATEGIES[name].title + (f" ({', '.join(pairs)})" if pairs else "")
         correct = tokens = scored = 0
         seconds = 0.0
-        for i, prob in enumerate(tqdm(problems, desc=name, dynamic_ncols=True, file=sys.stderr)):
+        for i, prob in enumerate(tqdm(problems, desc=title, dynamic_ncols=True, file=sys.stderr)):
             tree = run_search(prob.question, name, models, params, seed=args.seed + i, budget=_budget(args),
                               gold=str(prob.answer))
             sel = tree.run["selection"]
@@ -106,13 +141,8 @@ def cmd_eval(args) -> int:
             scored += totals["scorer_tokens"]
             seconds += totals["seconds_total"]
         n = len(problems)
-        rows.append(f"| {STRATEGIES[name].title} | {100 * correct / n:.1f} | {tokens / n:.0f} | {scored / n:.0f} "
-                    f"| {seconds / n:.2f} |")
-    print(f"\n{len(problems)} held-out problems (levels {args.levels}), N={args.n}, seed {args.seed}, "
-          f"preset {args.preset!r}\n")
-    print("| strategy | accuracy % | policy tokens / problem | PRM tokens / problem | seconds / problem |")
-    print("|---|---|---|---|---|")
-    print("\n".join(rows))
+        print(f"| {title} | {100 * correct / n:.1f} | {tokens / n:.0f} | {scored / n:.0f} | {seconds / n:.2f} |",
+              flush=True)  # each row as it finishes: a long evaluation shows results as it goes
     return 0
 
 
@@ -146,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--html", type=Path, help="write a standalone, offline HTML figure here")
     common(solve)
     ev = sub.add_parser("eval", help="strategies over the held-out set")
-    ev.add_argument("--strategy", default="all", help="a name, a comma-separated list, or 'all'")
+    ev.add_argument("--strategy", default="all",
+                    help="'all', or comma-separated names with optional variants, e.g. cot:greedy=false")
     ev.add_argument("--n", type=int, default=16, help="samples / beams per problem (N)")
     ev.add_argument("--levels", default="1,2,3,4,5,6")
     ev.add_argument("--limit", type=int, help="problems per level (default: all 100)")

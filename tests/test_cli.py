@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from reasoning_viz.cli import main
 from reasoning_viz.tree import SearchTree
 
@@ -24,14 +26,32 @@ def test_solve_writes_tree_and_offline_html(tmp_path, capsys):
 
 
 def test_eval_prints_a_table(capsys):
-    assert main(["eval", "--strategy", "cot,self_consistency", "--n", "4", "--levels", "1", "--limit", "2"]) == 0
+    argv = ["eval", "--strategy", "cot:greedy=false,self_consistency", "--n", "4", "--levels", "1", "--limit", "2",
+            "--set", "vote=weighted"]  # a shared --set goes to the strategies that take it
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| Chain of thought") or
-            line.startswith("| Self-consistency")]
+    assert "2 held-out problems (levels 1), N=4" in out
+    rows = [line for line in out.splitlines() if line.startswith("| Chain of thought (greedy=false) |") or
+            line.startswith("| Self-consistency vote |")]
     assert len(rows) == 2
     for row in rows:
         accuracy = float(row.split("|")[2])
         assert 0.0 <= accuracy <= 100.0
+
+
+def test_eval_all_names_every_strategy_and_the_sampled_baseline():
+    from reasoning_viz.cli import ALL_EVAL_ROWS, parse_eval_rows
+    from reasoning_viz.strategies import STRATEGIES
+
+    rows = parse_eval_rows("all")
+    assert {name for name, _ in rows} == set(STRATEGIES)
+    assert ("cot", ["greedy=false"]) in rows and len(rows) == len(ALL_EVAL_ROWS)
+    with pytest.raises(SystemExit, match="unknown strategy 'nope'"):
+        parse_eval_rows("cot,nope")
+    with pytest.raises(SystemExit, match="none of the chosen strategies takes 'beam_width'"):
+        main(["eval", "--strategy", "cot,best_of_n", "--set", "beam_width=2", "--limit", "1"])
+    with pytest.raises(SystemExit, match="cot takes"):
+        main(["eval", "--strategy", "cot:beam_width=2", "--limit", "1"])
 
 
 def test_bad_input_is_one_clear_line():

@@ -42,15 +42,16 @@ def small_llama(tokenizer: PreTrainedTokenizerBase, quick: bool = False) -> Llam
     return LlamaForCausalLM(config)
 
 
-def pad_batch(sequences: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_batch(sequences: list[list[int]], labels: list[list[float]], pad_id: int,
+              label_dtype: torch.dtype = torch.long) -> dict[str, torch.Tensor]:
     """Right-pad a training batch; padded label positions are ignored by the loss (-100)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    lab = torch.full((len(sequences), width), -100, dtype=torch.long)
+    lab = torch.full((len(sequences), width), -100, dtype=label_dtype)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, (s, l) in enumerate(zip(sequences, labels)):
         ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(l)] = torch.tensor(l)
+        lab[i, : len(l)] = torch.tensor(l, dtype=label_dtype)
         mask[i, : len(s)] = 1
     return {"input_ids": ids, "labels": lab, "attention_mask": mask}
 

@@ -57,14 +57,15 @@ def corrupted(step: str, kind: str, k: int) -> str:
 def test_prm_prefers_correct_steps_to_corrupted_copies(bundled_models):
     """One score in [0, 1] per step, and the correct step above its corrupted copy more often than chance.
 
-    Measured on this fixed set of 50 held-out problems: 31/50 for a far-off result, 35/50 for garbled
-    text. The bundled PRM is weak at checking arithmetic (issue #2's AUROC target is not met yet); this
-    guards what it does do, and fails if it falls to chance.
+    Measured on this fixed set of 50 held-out problems: 31/50 for a far-off result, 40/50 for garbled
+    text. The bundled PRM is weak at checking arithmetic (issue #2's AUROC target is not met yet); the
+    floors guard what it does do, a little under the measured rates, and fail if it falls to chance.
     """
+    floors = {"off-by-large": 0.55, "garbled": 0.70}
     prm = bundled_models.scorer
     prm.reset()
     problems = [p for p in load_test_set() if p.level >= 2][::10]
-    for kind in ("off-by-large", "garbled"):
+    for kind, floor in floors.items():
         wins = 0
         for p in problems:
             steps = list(p.steps)
@@ -73,4 +74,4 @@ def test_prm_prefers_correct_steps_to_corrupted_copies(bundled_models):
             assert len(good) == len(bad) == k + 1 and all(0.0 <= s <= 1.0 for s in good + bad)
             wins += good[-1] > bad[-1]
         print(f"PRM ranks the correct step above a {kind} copy in {wins}/{len(problems)} cases")
-        assert wins / len(problems) >= 0.55
+        assert wins / len(problems) >= floor

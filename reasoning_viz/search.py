@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -116,7 +117,7 @@ class SearchContext:
         for node_id, children in zip(nodes, samples):
             self.policy_tokens += sum(len(c.token_ids) for c in children)
             label = what or f"Expanded node {node_id}"
-            ids = self.tree.add_children(node_id, [self._node_fields(c) for c in children],
+            ids = self.tree.add_children(node_id, [self._node_fields(c, node_id) for c in children],
                                          f"{label}: {len(children)} new step(s) at depth "
                                          f"{self.tree.node(node_id).depth + 1}",
                                          token_ids=[c.token_ids for c in children], stage=stage)
@@ -149,7 +150,7 @@ class SearchContext:
             self.on_update(self)
 
     # ---- turning samples into nodes -----------------------------------------------------------
-    def _node_fields(self, sample: StepSample) -> dict[str, Any]:
+    def _node_fields(self, sample: StepSample, parent: int) -> dict[str, Any]:
         text = sample.text.strip()
         answer = extract_boxed(text)
         terminal = sample.finish == "eos" or answer is not None
@@ -159,28 +160,32 @@ class SearchContext:
             "answer": normalize_answer(answer),
         }
         if terminal and answer is not None:
-            fields["confidence"] = self._answer_confidence(sample)
+            fields["confidence"] = self._answer_confidence(sample, parent, normalize_answer(answer))
             if self.gold is not None:
                 fields["correct"] = answers_match(answer, self.gold)
         return fields
 
-    def _answer_confidence(self, sample: StepSample) -> float | None:
-        """CoT-decoding's confidence: mean p(top-1) - p(top-2) over the answer's tokens."""
+    def _answer_confidence(self, sample: StepSample, parent: int, answer: str | None) -> float | None:
+        """CoT-decoding's confidence: mean p(top-1) - p(top-2) over the answer's tokens.
+
+        Taken where the path first *computes* the answer (an ``= N`` result), falling back to the
+        boxed answer: the boxed line only copies the last result, and copying is near-certain on
+        every path, so its margins would not tell paths apart.
+        """
         tok = self.models.generator.tokenizer
-        text = ""
-        spans = []  # character span of each token in the decoded step
-        for i in range(len(sample.token_ids)):
-            start = len(text)
-            text = tok.decode(sample.token_ids[: i + 1], skip_special_tokens=True)
-            spans.append((start, len(text)))
+        earlier = [self.samples[n.id] for n in self.tree.path(parent) if n.id in self.samples]
+        for step in [*earlier, sample]:
+            text, spans = _token_spans(tok, step.token_ids)
+            for m in _RESULT.finditer(text):
+                if normalize_answer(m[1]) == answer:
+                    return _mean_margin(step, spans, m.start(1), m.end(1))
+        text, spans = _token_spans(tok, sample.token_ids)
         open_at = text.rfind("\\boxed{")
         if open_at < 0:
             return None
         lo = open_at + len("\\boxed{")
         hi = text.find("}", lo)
-        hi = len(text) if hi < 0 else hi
-        margins = [m for (a, b), m in zip(spans, sample.margins) if b > lo and a < hi]
-        return sum(margins) / len(margins) if margins else None
+        return _mean_margin(sample, spans, lo, len(text) if hi < 0 else hi)
 
     def totals(self) -> dict[str, Any]:
         wall = self.elapsed
@@ -189,6 +194,24 @@ class SearchContext:
                 "seconds_generating": round(self.seconds_generating, 3),
                 "seconds_scoring": round(self.seconds_scoring, 3),
                 "seconds_other": round(max(0.0, wall - self.seconds_generating - self.seconds_scoring), 3)}
+
+
+_RESULT = re.compile(r"=\s*(-?\d[\d,]*(?:\.\d+)?)")  # the result of an equation in a step
+
+
+def _token_spans(tokenizer, token_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """The decoded text and each token's character span in it."""
+    text, spans = "", []
+    for i in range(len(token_ids)):
+        start = len(text)
+        text = tokenizer.decode(token_ids[: i + 1], skip_special_tokens=True)
+        spans.append((start, len(text)))
+    return text, spans
+
+
+def _mean_margin(sample: StepSample, spans: list[tuple[int, int]], lo: int, hi: int) -> float | None:
+    margins = [m for (a, b), m in zip(spans, sample.margins) if b > lo and a < hi]
+    return sum(margins) / len(margins) if margins else None
 
 
 def library_versions() -> dict[str, str]:

@@ -50,6 +50,8 @@ def test_calculator_checker():
     # a made-up operand is wrong even if the arithmetic is right
     assert checker.score(Q, [["12 + 6 = 18"]]) == [[0.0]]
     assert checker.score(Q, [["The answer is \\boxed{99}."]]) == [[0.0]]
+    # the answer line vouches for the whole path: a right copy of a wrong result is still wrong
+    assert checker.score(Q, [PATHS[3] + ["The answer is \\boxed{15}."]]) == [[0.0, 1.0, 0.0]]
     assert checker.score(Q, [["I think it is many."]]) == [[0.0]]
 
 

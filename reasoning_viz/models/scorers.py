@@ -209,7 +209,9 @@ class CalculatorChecker:
 
     A step is correct when every equation in it is arithmetically true, and the numbers it uses come
     from the question or from earlier results (so a made-up operand counts as an error). A final
-    answer step is correct when its boxed answer equals the last computed result.
+    answer step is correct when its boxed answer equals the last computed result *and* every step
+    before it is correct: the answer line then speaks for the whole path, as a PRM's last score
+    does, so best-of-N and beam search can rank paths by it (``last`` aggregation).
     """
 
     name = "calculator"
@@ -230,7 +232,7 @@ class CalculatorChecker:
                 ok = last_result is not None and normalize_answer(boxed) == normalize_answer(_fmt(last_result))
                 if last_result is None:  # answer given with no work: check it is a known number
                     ok = _to_float(boxed) in known
-                verdicts.append(ok)
+                verdicts.append(ok and all(verdicts))
                 continue
             ok = bool(equations)
             for a, op, b, c in equations:

@@ -27,9 +27,9 @@ def parse_params(strategy: str, pairs: list[str], base: dict[str, Any] | None = 
     cls = STRATEGIES[strategy].params
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in fields}
-    for pair in [*shared, *pairs]:
+    for pair, optional in [*((p, True) for p in shared), *((p, False) for p in pairs)]:
         key, sep, raw = pair.partition("=")
-        if sep and key not in fields and pair in shared and pair not in pairs:
+        if sep and key not in fields and optional:
             continue
         if not sep or key not in fields:
             raise SystemExit(f"--set {pair!r}: {strategy} takes {', '.join(sorted(fields))} (as key=value)")

@@ -175,6 +175,8 @@ class SearchContext:
         tok = self.models.generator.tokenizer
         earlier = [self.samples[n.id] for n in self.tree.path(parent) if n.id in self.samples]
         for step in [*earlier, sample]:
+            if not any(normalize_answer(m[1]) == answer for m in _RESULT.finditer(step.text)):
+                continue  # a cheap test on the text before the per-token spans
             text, spans = _token_spans(tok, step.token_ids)
             for m in _RESULT.finditer(text):
                 if normalize_answer(m[1]) == answer:

@@ -75,3 +75,32 @@ def test_prm_prefers_correct_steps_to_corrupted_copies(bundled_models):
             wins += good[-1] > bad[-1]
         print(f"PRM ranks the correct step above a {kind} copy in {wins}/{len(problems)} cases")
         assert wins / len(problems) >= floor
+
+
+def test_prm_labels_are_rollout_fractions_with_a_first_error_stop(bundled_models):
+    """Math-Shepherd soft labels: each step's label is k/K; after a step no rollout recovers from,
+    later working steps get 0 without rollouts; a final answer line is labelled by its answer."""
+    from reasoning_viz.problems.grading import answers_match, extract_boxed
+    from reasoning_viz.train.policy import ProblemStream
+    from reasoning_viz.train.prm import PRMTrainConfig, label_paths
+
+    cfg = PRMTrainConfig(problems=12, samples_per_problem=2, rollouts=3, max_solution_tokens=160)
+    stream, asked = ProblemStream(7), []
+    next_problem = stream.next
+    stream.next = lambda: asked.append(next_problem()) or asked[-1]
+    paths = label_paths(bundled_models.generator, stream, cfg)
+    gold = {p.question: p.answer for p in asked}
+    assert len(paths) >= 12
+    fractions = set()
+    for path in paths:
+        assert len(path.labels) == len(path.steps)
+        boxed = extract_boxed(path.steps[-1])
+        if boxed is not None:
+            assert path.labels[-1] == float(answers_match(boxed, gold[path.question]))
+        working = path.labels[:-1]
+        assert all(label * cfg.rollouts == round(label * cfg.rollouts) for label in working)
+        fractions.update(working)
+        if 0.0 in working:
+            assert not any(working[working.index(0.0):]), path  # nothing rolled out after the first zero
+    # sampled at 1.7, some steps are lost, some safe, and some in between (soft, not "any rollout")
+    assert {0.0, 1.0} < fractions, fractions

@@ -8,7 +8,7 @@
    ignores a wrong number it just wrote and recomputes from the question, so a wrong step can
    still reach the gold in one of K rollouts. Hard labels call that step exactly as good as a
    right one; the fraction ranks it well below (measured on 96 training problems against the
-   exact step checker: AUROC of the labels themselves 0.967 soft vs 0.941 hard).
+   exact step checker: AUROC of the labels themselves 0.971 soft vs 0.962 hard).
 3. Fine-tune a copy of the policy as a causal LM whose two-way softmax over the ``+``/``-``
    logits at each ``ки`` tag is trained towards (label, 1 - label) — exactly what Math-Shepherd's
    inference reads back as P(``+``).
@@ -70,8 +70,9 @@ def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: PRMTrainCo
 
     Steps are rolled out depth by depth; once no rollout from a step reaches the gold answer, the
     later steps of that path are labelled 0 without rollouts (they build on a result nothing
-    recovers from — the first-error assumption of OmegaPRM, Luo et al. 2024), which saves about a
-    third of the labelling time. A final answer step is labelled by its answer, exactly.
+    recovers from — the first-error assumption of OmegaPRM, Luo et al. 2024). With 24 problems per
+    call, this took labelling from 0.65 s to 0.34 s per problem (measured on 48 and 96 problems).
+    A final answer step is labelled by its answer, exactly.
     """
     tok = generator.tokenizer
     rng = torch.Generator().manual_seed(cfg.seed)

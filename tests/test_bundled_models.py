@@ -79,18 +79,20 @@ def test_prm_prefers_correct_steps_to_corrupted_copies(bundled_models):
 
 def test_prm_labels_are_rollout_fractions_with_a_first_error_stop(bundled_models):
     """Math-Shepherd soft labels: each step's label is k/K; after a step no rollout recovers from,
-    later working steps get 0 without rollouts; a final answer line is labelled by its answer."""
+    later working steps get 0 without rollouts; a final answer line is labelled by its answer.
+    The same holds for the contrastive copies (one step made wrong, the rest rolled out)."""
     from reasoning_viz.problems.grading import answers_match, extract_boxed
     from reasoning_viz.train.policy import ProblemStream
     from reasoning_viz.train.prm import PRMTrainConfig, label_paths
 
-    cfg = PRMTrainConfig(problems=12, samples_per_problem=2, rollouts=3, max_solution_tokens=160)
+    cfg = PRMTrainConfig(problems=12, samples_per_problem=2, rollouts=3, max_solution_tokens=160,
+                         perturbed_per_path=1)
     stream, asked = ProblemStream(7), []
     next_problem = stream.next
     stream.next = lambda: asked.append(next_problem()) or asked[-1]
     paths = label_paths(bundled_models.generator, stream, cfg)
     gold = {p.question: p.answer for p in asked}
-    assert len(paths) >= 12
+    assert len(paths) > cfg.problems * cfg.samples_per_problem  # the contrastive copies come on top
     fractions = set()
     for path in paths:
         assert len(path.labels) == len(path.steps)

@@ -230,7 +230,8 @@ def training_problems(seed: int, n_per_level: int, levels: tuple[int, ...] = LEV
     return problems
 
 
-_EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)")
+# A working step's equation ``a op b = c`` (integers).
+EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)")
 
 
 def reference_step_labels(problem: Problem, steps: list[str]) -> list[bool]:
@@ -251,7 +252,7 @@ def reference_step_labels(problem: Problem, steps: list[str]) -> list[bool]:
         if boxed is not None:
             ok = ok and j == len(gold_results) and answers_match(boxed, problem.answer)
         else:
-            m = _EQUATION.search(step)
+            m = EQUATION.search(step)
             if m is None or j >= len(gold_results):
                 ok = False
             else:

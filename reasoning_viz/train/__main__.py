@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--steps", type=int, help="optimiser steps (default: the shipped recipe)")
         if name == "prm":
             p.add_argument("--policy", type=Path, help="policy folder to sample from")
+            p.add_argument("--problems", type=int, help="training problems to label (default: the shipped recipe)")
+            p.add_argument("--perturbed-per-path", type=int, default=0,
+                           help="contrastive copies with one step made wrong, per sampled path (default 0)")
+            p.add_argument("--labels-cache", type=Path,
+                           help="JSON file of labelled paths: reused when it exists, written otherwise")
     e = sub.add_parser("evaluate", help="evaluation table on the held-out set")
     e.add_argument("--policy", type=Path)
     e.add_argument("--prm", type=Path)
@@ -50,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
             cfg.out_dir = args.out
         if args.policy:
             cfg.policy_dir = args.policy
+        if args.problems:
+            cfg.problems = args.problems
+        cfg.labels_cache = args.labels_cache
+        cfg.perturbed_per_path = args.perturbed_per_path
         print(f"saved to {train_prm(cfg)}")
     else:
         from .evaluate import EvalConfig, evaluate

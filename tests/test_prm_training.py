@@ -35,3 +35,18 @@ def test_labels_cache_is_reused_only_for_the_same_recipe(bundled_models, tmp_pat
     cfg.rollouts = 3
     with pytest.raises(SystemExit, match="another recipe"):
         load_or_label(None, cfg)
+
+
+def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
+    from reasoning_viz.train.__main__ import main
+
+    with pytest.raises(SystemExit, match="problems, steps and rollouts >= 1"):
+        main(["prm", "--problems", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="perturbed-per-path >= 0"):
+        main(["prm", "--perturbed-per-path", "-1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no folder"):
+        main(["prm", "--labels-cache", str(tmp_path / "missing" / "labels.json"), "--out", str(tmp_path)])
+    broken = tmp_path / "labels.json"
+    broken.write_text("{not json", encoding="utf-8")
+    with pytest.raises(SystemExit, match="not a labels cache"):
+        load_or_label(None, PRMTrainConfig(labels_cache=broken))

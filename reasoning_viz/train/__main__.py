@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg.out_dir = args.out
         if args.policy:
             cfg.policy_dir = args.policy
-        if args.problems:
+        if args.problems is not None:
             cfg.problems = args.problems
         cfg.labels_cache = args.labels_cache
         cfg.perturbed_per_path = args.perturbed_per_path

@@ -57,6 +57,13 @@ class PRMTrainConfig:
         self.problems, self.samples_per_problem, self.rollouts, self.steps, self.batch_size = 6, 2, 2, 4, 4
         self.max_solution_tokens = 24
 
+    def validate(self) -> None:
+        """Refuse a recipe that would fail late (after minutes of labelling) with a clear message."""
+        if self.problems < 1 or self.steps < 1 or self.rollouts < 1 or self.perturbed_per_path < 0:
+            raise SystemExit("need problems, steps and rollouts >= 1 and perturbed-per-path >= 0")
+        if self.labels_cache is not None and not self.labels_cache.parent.is_dir():
+            raise SystemExit(f"no folder {self.labels_cache.parent} for the labels cache")
+
 
 def split_steps(solution: str) -> list[str]:
     """A model's solution as a list of non-empty steps (paragraphs)."""
@@ -194,8 +201,11 @@ def load_or_label(generator: StepGenerator, cfg: PRMTrainConfig) -> list[Labeled
                                                  "max_solution_tokens", "policy_dir")}
     cache = cfg.labels_cache
     if cache is not None and cache.exists():
-        data = json.loads(cache.read_text(encoding="utf-8"))
-        if data.get("recipe") != recipe:
+        try:
+            data = json.loads(cache.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SystemExit(f"{cache} is not a labels cache ({err}); delete it to relabel") from None
+        if not isinstance(data, dict) or data.get("recipe") != recipe:
             raise SystemExit(f"{cache} was labelled with another recipe ({data.get('recipe')}); "
                              "delete it or pass another --labels-cache")
         print(f"prm: labels from {cache}")
@@ -218,6 +228,7 @@ def prm_example(prm: MathShepherdPRM, path: LabeledPath) -> tuple[list[int], lis
 
 def train_prm(cfg: PRMTrainConfig) -> Path:
     """Label policy samples by rollouts, fine-tune the PRM, save it to ``cfg.out_dir``."""
+    cfg.validate()
     use_all_cores()
     seed_everything(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.policy_dir)

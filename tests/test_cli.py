@@ -81,6 +81,7 @@ def test_training_quick_runs_end_to_end(tmp_path):
         assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
         log = [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
         assert log and all("loss" in row for row in log)
+    assert (prm / "format_log.jsonl").exists()  # --quick runs the format adaptation too
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reasoning_viz.models.scorers import MathShepherdPRM

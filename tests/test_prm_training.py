@@ -1,11 +1,11 @@
-"""The PRM training recipe's options: contrastive copies and the labels cache."""
+"""The PRM training recipe's parts: format adaptation, contrastive copies and the labels cache."""
 
 import random
 
 import pytest
 
 from reasoning_viz.problems.tinygsm import EQUATION, apply_op
-from reasoning_viz.train.prm import PRMTrainConfig, load_or_label, perturb_step
+from reasoning_viz.train.prm import PRMTrainConfig, format_lm_example, load_or_label, perturb_step
 
 
 @pytest.mark.parametrize("step", ["Loses 7: 11 - 7 = 4", "4 times as many: 1 * 4 = 4",
@@ -26,6 +26,27 @@ def test_perturbed_step_is_a_plausible_wrong_step(step):
     assert perturb_step(r"The answer is \boxed{8}.", rng) is None
 
 
+def test_result_only_slips_keep_the_operands():
+    rng = random.Random(1)
+    for _ in range(20):
+        wrong = EQUATION.search(perturb_step("Loses 7: 11 - 7 = 4", rng, kinds=("result",)))
+        assert (wrong[1], wrong[2], wrong[3]) == ("11", "-", "7") and wrong[4] != "4"
+
+
+def test_format_example_trains_next_tokens_of_the_steps_only(tiny_models):
+    prm = tiny_models.scorer
+    question = "Noah has 18 cards. He buys 2 more cards. How many?"
+    steps = ["Buys 2: 18 + 2 = 20", r"The answer is \boxed{20}."]
+    ids, labels = format_lm_example(prm, question, steps)
+    assert ids == prm.encode(question, steps) and len(labels) == len(ids)
+    trained = prm.tokenizer.decode([t for t, y in zip(ids, labels) if y != -100])
+    assert "Noah" not in trained and "18 + 2 = 20" in trained and r"\boxed{20}" in trained
+    tags = [i for i, t in enumerate(ids) if t == prm.step_tag_id]
+    assert len(tags) == 2
+    # where the PRM reads + / -, next-token training must not pull towards what the text has there
+    assert all(labels[i + 1] == -100 for i in tags if i + 1 < len(ids))
+
+
 def test_labels_cache_is_reused_only_for_the_same_recipe(bundled_models, tmp_path):
     cfg = PRMTrainConfig(problems=2, samples_per_problem=1, rollouts=2, max_solution_tokens=120,
                          labels_cache=tmp_path / "labels.json")
@@ -44,6 +65,8 @@ def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
         main(["prm", "--problems", "0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="perturbed-per-path >= 0"):
         main(["prm", "--perturbed-per-path", "-1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="format-steps >= 0"):
+        main(["prm", "--format-steps", "-1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no folder"):
         main(["prm", "--labels-cache", str(tmp_path / "missing" / "labels.json"), "--out", str(tmp_path)])
     broken = tmp_path / "labels.json"

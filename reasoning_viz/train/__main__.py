@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--problems", type=int, help="training problems to label (default: the shipped recipe)")
             p.add_argument("--perturbed-per-path", type=int, default=0,
                            help="contrastive copies with one step made wrong, per sampled path (default 0)")
+            p.add_argument("--format-steps", type=int,
+                           help="next-token steps on gold solutions in the PRM's format before the tag training")
             p.add_argument("--labels-cache", type=Path,
                            help="JSON file of labelled paths: reused when it exists, written otherwise")
     e = sub.add_parser("evaluate", help="evaluation table on the held-out set")
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             cfg.policy_dir = args.policy
         if args.problems is not None:
             cfg.problems = args.problems
+        if args.format_steps is not None:
+            cfg.format_steps = args.format_steps
         cfg.labels_cache = args.labels_cache
         cfg.perturbed_per_path = args.perturbed_per_path
         print(f"saved to {train_prm(cfg)}")

@@ -9,7 +9,10 @@
    still reach the gold in one of K rollouts. Hard labels call that step exactly as good as a
    right one; the fraction ranks it well below (measured on 96 training problems against the
    exact step checker: AUROC of the labels themselves 0.971 soft vs 0.962 hard).
-3. Fine-tune a copy of the policy as a causal LM whose two-way softmax over the ``+``/``-``
+3. Optionally (``format_steps``, off in the shipped recipe so far) teach a copy of the policy the
+   PRM's input format first: next-token training on gold solutions written as the PRM reads them
+   (``format_lm_example``), so that it still computes there.
+4. Fine-tune it as a causal LM whose two-way softmax over the ``+``/``-``
    logits at each ``ки`` tag is trained towards (label, 1 - label) — exactly what Math-Shepherd's
    inference reads back as P(``+``).
 """
@@ -21,6 +24,7 @@ import random
 import re
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,6 +50,7 @@ class PRMTrainConfig:
     perturbed_per_path: int = 0  # contrastive copies per path (see contrastive_paths); off in the shipped recipe
     max_solution_tokens: int = 256
     labels_cache: Path | None = None  # reuse the labelled paths from here (written on the first run)
+    format_steps: int = 0  # next-token steps on gold solutions in the PRM's format first (format_lm_example)
     steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
@@ -55,12 +60,14 @@ class PRMTrainConfig:
 
     def apply_quick(self) -> None:
         self.problems, self.samples_per_problem, self.rollouts, self.steps, self.batch_size = 6, 2, 2, 4, 4
+        self.format_steps = 2
         self.max_solution_tokens = 24
 
     def validate(self) -> None:
         """Refuse a recipe that would fail late (after minutes of labelling) with a clear message."""
-        if self.problems < 1 or self.steps < 1 or self.rollouts < 1 or self.perturbed_per_path < 0:
-            raise SystemExit("need problems, steps and rollouts >= 1 and perturbed-per-path >= 0")
+        if min(self.problems, self.steps, self.rollouts) < 1 or min(self.perturbed_per_path, self.format_steps) < 0:
+            raise SystemExit("need problems, steps and rollouts >= 1, "
+                             "perturbed-per-path >= 0 and format-steps >= 0")
         if self.labels_cache is not None and not self.labels_cache.parent.is_dir():
             raise SystemExit(f"no folder {self.labels_cache.parent} for the labels cache")
 
@@ -77,20 +84,24 @@ class LabeledPath:
     labels: list[float]  # per step: fraction of rollouts reaching the gold answer, the target P(+)
 
 
-def perturb_step(step: str, rng: random.Random) -> str | None:
+SLIP_KINDS = ("result", "result", "operand", "operation", "carried")  # a wrong result twice as often
+
+
+def perturb_step(step: str, rng: random.Random, kinds: tuple[str, ...] = SLIP_KINDS) -> str | None:
     """A plausible wrong version of a working step ``words: a op b = c``, or None if it has no equation.
 
     The kinds of slip the policy makes when sampled hot: a wrong result (``11 - 7 = 3``); a wrong
     operand, in the words too, with the arithmetic then right (``3 times as many: 1 * 3 = 3`` when
     the question says 4 times); the wrong operation; the wrong running value carried in. Only the
-    rollouts decide how wrong the copy is; this only proposes it.
+    rollouts decide how wrong the copy is; this only proposes it. ``kinds`` picks among them
+    (``("result",)``: only a wrong result, with the equation's operands unchanged).
     """
     m = EQUATION.search(step)
     if m is None:
         return None
     a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
     a2, op2, b2, c2 = a, op, b, c
-    kind = rng.choice(("result", "result", "operand", "operation", "carried"))
+    kind = rng.choice(kinds)
     if kind == "operand" and op != "/":
         b2 = max(1, b + rng.choice((-3, -2, -1, 1, 2, 3)))
         c2 = apply_op(a, op, b2)
@@ -226,6 +237,30 @@ def prm_example(prm: MathShepherdPRM, path: LabeledPath) -> tuple[list[int], lis
     return ids, targets
 
 
+def format_lm_example(prm: MathShepherdPRM, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
+    """A gold solution in the PRM's input format, with next-token labels on its steps only.
+
+    Why: the policy computes ``8 * 2 = 16`` in its own chat format, but fed the PRM's format
+    (``question Step 1: ... ки``) it predicts the right result digits far less often, so a PRM
+    started from it cannot check arithmetic it no longer does. Next-token training on gold
+    solutions in this format restores it. Nothing is predicted at a tag, where the PRM's
+    ``+``/``-`` are read.
+    """
+    ids = prm.encode(question, steps)
+    start = len(prm.tokenizer.encode(prm.format(question, [])))  # the question and the space after it
+    labels = [-100 if i < start or ids[i - 1] == prm.step_tag_id else t for i, t in enumerate(ids)]
+    return ids, labels
+
+
+def tag_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: list[int]) -> torch.Tensor:
+    """Cross entropy of the two-way softmax over the ``+``/``-`` logits at each tag against (label, 1 - label)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    at = batch["labels"] != -100
+    two_way = logits[at][:, candidates]  # (tags, 2): logits of "+" and "-"
+    p_good = batch["labels"][at]
+    return torch.nn.functional.cross_entropy(two_way, torch.stack([p_good, 1 - p_good], dim=-1))
+
+
 def train_prm(cfg: PRMTrainConfig) -> Path:
     """Label policy samples by rollouts, fine-tune the PRM, save it to ``cfg.out_dir``."""
     cfg.validate()
@@ -243,25 +278,27 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(cfg.policy_dir)  # Math-Shepherd starts from the policy
     prm = MathShepherdPRM(model, tokenizer)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.format_steps:
+        gold = ProblemStream(cfg.seed + 2000)  # its own problems: neither the labelled nor the held-out ones
+
+        def gold_batch(step: int) -> dict[str, torch.Tensor]:
+            problems = [gold.next() for _ in range(cfg.batch_size)]
+            examples = [format_lm_example(prm, p.question, list(p.steps)) for p in problems]
+            return pad_batch([e[0] for e in examples], [e[1] for e in examples], tokenizer.pad_token_id)
+
+        train_loop(model, gold_batch, lambda model, batch: model(**batch).loss, cfg.format_steps, cfg.lr,
+                   cfg.out_dir / "format_log.jsonl", desc="prm format", warmup=30)
     examples = [prm_example(prm, p) for p in paths]
     rng = random.Random(cfg.seed)
-    candidates = torch.tensor(prm.candidate_ids)
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
         chosen = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
         return pad_batch([c[0] for c in chosen], [c[1] for c in chosen], tokenizer.pad_token_id,
                          label_dtype=torch.float)
 
-    def tag_loss(model, batch) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        at = batch["labels"] != -100
-        two_way = logits[at][:, candidates]  # (tags, 2): logits of "+" and "-"
-        p_good = batch["labels"][at]
-        return torch.nn.functional.cross_entropy(two_way, torch.stack([p_good, 1 - p_good], dim=-1))
-
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    losses = train_loop(model, next_batch, tag_loss, cfg.steps, cfg.lr, cfg.out_dir / "training_log.jsonl",
-                        desc="prm", warmup=30)
+    losses = train_loop(model, next_batch, partial(tag_loss, candidates=prm.candidate_ids), cfg.steps, cfg.lr,
+                        cfg.out_dir / "training_log.jsonl", desc="prm", warmup=30)
     print(f"prm: final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, total {time.time() - start:.0f}s")
     model.save_pretrained(cfg.out_dir, safe_serialization=True)
     tokenizer.save_pretrained(cfg.out_dir)

@@ -1,0 +1,144 @@
+"""Can the bundled PRM's architecture learn to check a step at all? A probe with exact labels.
+
+    python scripts/prm_learnability.py [--steps 300] [--kinds result|any] [--paired] [--lr 1e-3]
+
+The PRM recipe (``python -m reasoning_viz.train prm``) learns from Monte-Carlo labels of sampled
+solutions, which are noisy and few. This probe removes both limits: it fine-tunes the same model
+(a copy of the policy, the same tag loss) on gold solutions with one step made wrong
+(``perturb_step``), labelled exactly — the steps before the slip ``+``, the slip ``-`` — drawing
+fresh problems for every batch. If the probe cannot learn to spot the slips, more or better MC
+labels will not teach the real PRM either: the bottleneck is learning the check, not the labels.
+
+It prints the final loss next to the loss of a constant predictor (the labels' entropy: a loss at
+that level means nothing was learnt), and on 300 fresh problems how often the correct step scores
+above its slipped copy (0.5 is chance) and the step AUROC. Exact labels are used only here, never
+to train the shipped PRM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from reasoning_viz.models.scorers import MathShepherdPRM  # noqa: E402
+from reasoning_viz.problems.tinygsm import EQUATION  # noqa: E402
+from reasoning_viz.train.common import POLICY_DIR, pad_batch, seed_everything, train_loop, use_all_cores  # noqa: E402
+from reasoning_viz.train.evaluate import auroc  # noqa: E402
+from reasoning_viz.train.policy import ProblemStream  # noqa: E402
+from reasoning_viz.train.prm import (SLIP_KINDS, LabeledPath, format_lm_example, perturb_step,  # noqa: E402
+                                     prm_example, tag_loss)
+
+
+def slipped_pair(stream: ProblemStream, rng: random.Random, kinds: tuple[str, ...]) -> tuple[LabeledPath, LabeledPath]:
+    """A gold solution cut after a random working step, and its copy with that step made wrong."""
+    while True:
+        p = stream.next()
+        working = [j for j, step in enumerate(p.steps) if EQUATION.search(step)]
+        j = rng.choice(working)
+        slipped = perturb_step(p.steps[j], rng, kinds)
+        if slipped is not None and slipped != p.steps[j]:
+            right = LabeledPath(p.question, list(p.steps[: j + 1]), [1.0] * (j + 1))
+            return right, LabeledPath(p.question, [*p.steps[:j], slipped], [1.0] * j + [0.0])
+
+
+@torch.inference_mode()
+def result_digit_accuracy(prm: MathShepherdPRM, stream: ProblemStream, n: int = 100, chat: bool = False) -> float:
+    """How often the model, fed gold solutions in the PRM's format (or the policy's chat format),
+    predicts every digit of a result: whether it still computes what the PRM must check."""
+    tok, right, total = prm.tokenizer, 0, 0
+    for _ in range(n):
+        p = stream.next()
+        if chat:
+            text = tok.apply_chat_template([{"role": "user", "content": p.question}], tokenize=False,
+                                           add_generation_prompt=True) + p.solution
+        else:
+            text = prm.format(p.question, list(p.steps))
+        enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
+        predicted = prm.model(torch.tensor([enc["input_ids"]])).logits[0].argmax(-1).tolist()
+        for m in EQUATION.finditer(text):
+            digits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if m.start(4) <= a < b <= m.end(4)]
+            right += all(predicted[i - 1] == enc["input_ids"][i] for i in digits)
+            total += 1
+    return right / total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=300, help="optimiser steps (batches of 32 paths)")
+    ap.add_argument("--kinds", choices=("result", "any"), default="result",
+                    help="result: only a wrong result; any: every kind perturb_step makes")
+    ap.add_argument("--paired", action="store_true",
+                    help="each slipped path shares its batch with its correct twin (else one or the other)")
+    ap.add_argument("--adapt", type=int, default=0,
+                    help="first, this many steps of next-token training on gold solutions in the PRM's format")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log", type=Path, default=None, help="write the loss log (JSON lines) here")
+    args = ap.parse_args()
+    if args.steps < 1 or args.lr <= 0 or args.adapt < 0:
+        ap.error("--steps and --lr must be positive, --adapt at least 0")
+    kinds = ("result",) if args.kinds == "result" else SLIP_KINDS
+    use_all_cores()
+    seed_everything(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(POLICY_DIR)
+    model = AutoModelForCausalLM.from_pretrained(POLICY_DIR)
+    prm = MathShepherdPRM(model, tokenizer)
+    stream, rng = ProblemStream(args.seed + 2000), random.Random(args.seed)
+    print(f"result digits right: {result_digit_accuracy(prm, ProblemStream(args.seed + 4000), chat=True):.1%} "
+          f"in the policy's chat format, {result_digit_accuracy(prm, ProblemStream(args.seed + 4000)):.1%} "
+          "in the PRM's format")
+    if args.adapt:
+        def gold_batch(step: int) -> dict[str, torch.Tensor]:
+            examples = [format_lm_example(prm, p.question, list(p.steps)) for p in (stream.next() for _ in range(32))]
+            return pad_batch([e[0] for e in examples], [e[1] for e in examples], tokenizer.pad_token_id)
+
+        train_loop(model, gold_batch, lambda model, batch: model(**batch).loss, args.adapt, args.lr, None,
+                   desc="adapt", warmup=30)
+        print(f"after {args.adapt} adaptation steps: "
+              f"{result_digit_accuracy(prm, ProblemStream(args.seed + 4000)):.1%}")
+    tags = {"+": 0, "-": 0}
+
+    def next_batch(step: int) -> dict[str, torch.Tensor]:
+        paths: list[LabeledPath] = []
+        while len(paths) < 32:
+            right, slipped = slipped_pair(stream, rng, kinds)
+            paths += [right, slipped] if args.paired else [rng.choice((right, slipped))]
+        for path in paths:
+            tags["+"] += sum(path.labels)
+            tags["-"] += len(path.labels) - sum(path.labels)
+        examples = [prm_example(prm, path) for path in paths]
+        return pad_batch([e[0] for e in examples], [e[1] for e in examples], tokenizer.pad_token_id,
+                         label_dtype=torch.float)
+
+    losses = train_loop(model, next_batch, partial(tag_loss, candidates=prm.candidate_ids), args.steps,
+                        args.lr, args.log, desc="probe", warmup=30)
+    q = tags["-"] / (tags["+"] + tags["-"])
+    constant = -(q * math.log(q) + (1 - q) * math.log(1 - q))
+    tail = losses[-50:]
+    print(f"final loss {sum(tail) / len(tail):.3f} (constant predictor {constant:.3f}, labels {q:.1%} '-')")
+
+    test_stream, test_rng = ProblemStream(args.seed + 3000), random.Random(args.seed + 1)
+    wins, scores, labels = 0, [], []
+    for _ in range(300):
+        right, slipped = slipped_pair(test_stream, test_rng, kinds)
+        s_right, s_slipped = prm.score(right.question, [right.steps, slipped.steps])
+        prm.reset()
+        wins += s_right[-1] > s_slipped[-1]
+        scores += [s_right[-1], s_slipped[-1]]
+        labels += [True, False]
+    print(f"held out: correct step above its slipped copy {wins / 300:.1%} (chance 50%), "
+          f"AUROC {auroc(scores, labels):.3f}")
+
+
+if __name__ == "__main__":
+    main()

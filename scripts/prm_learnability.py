@@ -1,6 +1,6 @@
 """Can the bundled PRM's architecture learn to check a step at all? A probe with exact labels.
 
-    python scripts/prm_learnability.py [--steps 300] [--kinds result|any] [--paired] [--lr 1e-3]
+    python scripts/prm_learnability.py [--steps 300] [--kinds result|any] [--paired] [--adapt 150]
 
 The PRM recipe (``python -m reasoning_viz.train prm``) learns from Monte-Carlo labels of sampled
 solutions, which are noisy and few. This probe removes both limits: it fine-tunes the same model
@@ -84,7 +84,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", type=Path, default=None, help="write the loss log (JSON lines) here")
+    ap.add_argument("--quick", action="store_true", help="a smoke run in seconds (for tests): 2 steps, few problems")
     args = ap.parse_args()
+    checked, pairs = (10, 10) if args.quick else (100, 300)
+    if args.quick:
+        args.steps, args.adapt = 2, min(args.adapt, 1)
     if args.steps < 1 or args.lr <= 0 or args.adapt < 0:
         ap.error("--steps and --lr must be positive, --adapt at least 0")
     kinds = ("result",) if args.kinds == "result" else SLIP_KINDS
@@ -94,8 +98,8 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(POLICY_DIR)
     prm = MathShepherdPRM(model, tokenizer)
     stream, rng = ProblemStream(args.seed + 2000), random.Random(args.seed)
-    print(f"result digits right: {result_digit_accuracy(prm, ProblemStream(args.seed + 4000), chat=True):.1%} "
-          f"in the policy's chat format, {result_digit_accuracy(prm, ProblemStream(args.seed + 4000)):.1%} "
+    print(f"result digits right: {result_digit_accuracy(prm, ProblemStream(args.seed + 4000), checked, chat=True):.1%} "
+          f"in the policy's chat format, {result_digit_accuracy(prm, ProblemStream(args.seed + 4000), checked):.1%} "
           "in the PRM's format")
     if args.adapt:
         def gold_batch(step: int) -> dict[str, torch.Tensor]:
@@ -105,7 +109,7 @@ def main() -> None:
         train_loop(model, gold_batch, lambda model, batch: model(**batch).loss, args.adapt, args.lr, None,
                    desc="adapt", warmup=30)
         print(f"after {args.adapt} adaptation steps: "
-              f"{result_digit_accuracy(prm, ProblemStream(args.seed + 4000)):.1%}")
+              f"{result_digit_accuracy(prm, ProblemStream(args.seed + 4000), checked):.1%}")
     tags = {"+": 0, "-": 0}
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
@@ -129,14 +133,14 @@ def main() -> None:
 
     test_stream, test_rng = ProblemStream(args.seed + 3000), random.Random(args.seed + 1)
     wins, scores, labels = 0, [], []
-    for _ in range(300):
+    for _ in range(pairs):
         right, slipped = slipped_pair(test_stream, test_rng, kinds)
         s_right, s_slipped = prm.score(right.question, [right.steps, slipped.steps])
         prm.reset()
         wins += s_right[-1] > s_slipped[-1]
         scores += [s_right[-1], s_slipped[-1]]
         labels += [True, False]
-    print(f"held out: correct step above its slipped copy {wins / 300:.1%} (chance 50%), "
+    print(f"held out: correct step above its slipped copy {wins / pairs:.1%} (chance 50%), "
           f"AUROC {auroc(scores, labels):.3f}")
 
 

@@ -89,3 +89,14 @@ def test_training_quick_runs_end_to_end(tmp_path):
     prm_model = MathShepherdPRM(AutoModelForCausalLM.from_pretrained(prm), AutoTokenizer.from_pretrained(prm))
     scores = prm_model.score("Mia has 3 apples.", [["3 + 1 = 4", "The answer is \\boxed{4}."]])
     assert len(scores[0]) == 2
+
+
+def test_prm_learnability_probe_runs_and_reports():
+    run = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--quick", "--paired", "--adapt", "1"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for line in ("result digits right:", "after 1 adaptation steps:", "final loss", "held out: correct step above"):
+        assert line in run.stdout, run.stdout
+    bad = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--lr", "0"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--lr must be positive" in bad.stderr

@@ -35,7 +35,7 @@ from reasoning_viz.problems.tinygsm import EQUATION  # noqa: E402
 from reasoning_viz.train.common import POLICY_DIR, pad_batch, seed_everything, train_loop, use_all_cores  # noqa: E402
 from reasoning_viz.train.evaluate import auroc  # noqa: E402
 from reasoning_viz.train.policy import ProblemStream  # noqa: E402
-from reasoning_viz.train.prm import (SLIP_KINDS, LabeledPath, format_lm_example, perturb_step,  # noqa: E402
+from reasoning_viz.train.prm import (SLIP_KINDS, LabeledPath, adapt_to_format, perturb_step,  # noqa: E402
                                      prm_example, tag_loss)
 
 
@@ -102,12 +102,7 @@ def main() -> None:
           f"in the policy's chat format, {result_digit_accuracy(prm, ProblemStream(args.seed + 4000), checked):.1%} "
           "in the PRM's format")
     if args.adapt:
-        def gold_batch(step: int) -> dict[str, torch.Tensor]:
-            examples = [format_lm_example(prm, p.question, list(p.steps)) for p in (stream.next() for _ in range(32))]
-            return pad_batch([e[0] for e in examples], [e[1] for e in examples], tokenizer.pad_token_id)
-
-        train_loop(model, gold_batch, lambda model, batch: model(**batch).loss, args.adapt, args.lr, None,
-                   desc="adapt", warmup=30)
+        adapt_to_format(prm, stream, args.adapt, args.lr, 32, None)
         print(f"after {args.adapt} adaptation steps: "
               f"{result_digit_accuracy(prm, ProblemStream(args.seed + 4000), checked):.1%}")
     tags = {"+": 0, "-": 0}

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from reasoning_viz.problems.tinygsm import EQUATION, apply_op
-from reasoning_viz.train.prm import PRMTrainConfig, format_lm_example, load_or_label, perturb_step
+from reasoning_viz.train.prm import PRMTrainConfig, adapt_to_format, format_lm_example, load_or_label, perturb_step
 
 
 @pytest.mark.parametrize("step", ["Loses 7: 11 - 7 = 4", "4 times as many: 1 * 4 = 4",
@@ -47,6 +47,30 @@ def test_format_example_trains_next_tokens_of_the_steps_only(tiny_models):
     assert all(labels[i + 1] == -100 for i in tags if i + 1 < len(ids))
 
 
+def test_format_adaptation_teaches_the_policy_the_prm_format():
+    """A few steps of next-token training on gold solutions lower the loss on unseen ones in the PRM's format."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reasoning_viz.models.scorers import MathShepherdPRM
+    from reasoning_viz.train.common import POLICY_DIR, pad_batch
+    from reasoning_viz.train.policy import ProblemStream
+
+    torch.manual_seed(0)
+    prm = MathShepherdPRM(AutoModelForCausalLM.from_pretrained(POLICY_DIR), AutoTokenizer.from_pretrained(POLICY_DIR))
+    held = [format_lm_example(prm, p.question, list(p.steps)) for p in (ProblemStream(99).next() for _ in range(16))]
+    batch = pad_batch([e[0] for e in held], [e[1] for e in held], prm.tokenizer.pad_token_id)
+
+    def held_loss() -> float:
+        with torch.no_grad():
+            return prm.model(**batch).loss.item()
+
+    before = held_loss()
+    losses = adapt_to_format(prm, ProblemStream(5), steps=12, lr=1e-3, batch_size=8, log_path=None)
+    assert len(losses) == 12
+    assert held_loss() < 0.8 * before, (before, held_loss())
+
+
 def test_labels_cache_is_reused_only_for_the_same_recipe(bundled_models, tmp_path):
     cfg = PRMTrainConfig(problems=2, samples_per_problem=1, rollouts=2, max_solution_tokens=120,
                          labels_cache=tmp_path / "labels.json")
@@ -73,3 +97,37 @@ def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
     broken.write_text("{not json", encoding="utf-8")
     with pytest.raises(SystemExit, match="not a labels cache"):
         load_or_label(None, PRMTrainConfig(labels_cache=broken))
+
+
+def _probe_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "prm_learnability.py"
+    spec = importlib.util.spec_from_file_location("prm_learnability", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_pairs_differ_only_in_the_slipped_last_step():
+    from reasoning_viz.train.policy import ProblemStream
+
+    probe, stream, rng = _probe_module(), ProblemStream(3), random.Random(0)
+    for _ in range(20):
+        right, slipped = probe.slipped_pair(stream, rng, ("result",))
+        assert right.question == slipped.question and right.steps[:-1] == slipped.steps[:-1]
+        assert right.steps[-1] != slipped.steps[-1] and EQUATION.search(slipped.steps[-1])
+        assert right.labels == [1.0] * len(right.steps) and slipped.labels == [1.0] * (len(right.steps) - 1) + [0.0]
+
+
+def test_probe_digit_accuracy_tells_the_two_formats_apart(bundled_models):
+    """The bundled policy computes results in its chat format, much less so in the PRM's (measured 99% vs 66%)."""
+    from reasoning_viz.models.scorers import MathShepherdPRM
+    from reasoning_viz.train.policy import ProblemStream
+
+    probe = _probe_module()
+    prm = MathShepherdPRM(bundled_models.generator.model, bundled_models.generator.tokenizer)
+    chat = probe.result_digit_accuracy(prm, ProblemStream(4000), 30, chat=True)
+    prm_format = probe.result_digit_accuracy(prm, ProblemStream(4000), 30)
+    assert chat >= 0.9 and prm_format <= chat - 0.15, (chat, prm_format)

@@ -252,6 +252,19 @@ def format_lm_example(prm: MathShepherdPRM, question: str, steps: list[str]) -> 
     return ids, labels
 
 
+def adapt_to_format(prm: MathShepherdPRM, stream: ProblemStream, steps: int, lr: float, batch_size: int,
+                    log_path: Path | None) -> list[float]:
+    """Next-token training of ``prm.model`` on gold solutions in the PRM's input format; the losses."""
+
+    def gold_batch(step: int) -> dict[str, torch.Tensor]:
+        problems = [stream.next() for _ in range(batch_size)]
+        examples = [format_lm_example(prm, p.question, list(p.steps)) for p in problems]
+        return pad_batch([e[0] for e in examples], [e[1] for e in examples], prm.tokenizer.pad_token_id)
+
+    return train_loop(prm.model, gold_batch, lambda model, batch: model(**batch).loss, steps, lr, log_path,
+                      desc="prm format", warmup=30)
+
+
 def tag_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: list[int]) -> torch.Tensor:
     """Cross entropy of the two-way softmax over the ``+``/``-`` logits at each tag against (label, 1 - label)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -279,16 +292,9 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     model = AutoModelForCausalLM.from_pretrained(cfg.policy_dir)  # Math-Shepherd starts from the policy
     prm = MathShepherdPRM(model, tokenizer)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.format_steps:
-        gold = ProblemStream(cfg.seed + 2000)  # its own problems: neither the labelled nor the held-out ones
-
-        def gold_batch(step: int) -> dict[str, torch.Tensor]:
-            problems = [gold.next() for _ in range(cfg.batch_size)]
-            examples = [format_lm_example(prm, p.question, list(p.steps)) for p in problems]
-            return pad_batch([e[0] for e in examples], [e[1] for e in examples], tokenizer.pad_token_id)
-
-        train_loop(model, gold_batch, lambda model, batch: model(**batch).loss, cfg.format_steps, cfg.lr,
-                   cfg.out_dir / "format_log.jsonl", desc="prm format", warmup=30)
+    if cfg.format_steps:  # its own problems: neither the labelled nor the held-out ones
+        adapt_to_format(prm, ProblemStream(cfg.seed + 2000), cfg.format_steps, cfg.lr, cfg.batch_size,
+                        cfg.out_dir / "format_log.jsonl")
     examples = [prm_example(prm, p) for p in paths]
     rng = random.Random(cfg.seed)
 

@@ -95,8 +95,12 @@ def test_prm_learnability_probe_runs_and_reports():
     run = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--quick", "--paired", "--adapt", "1"],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    for line in ("result digits right:", "after 1 adaptation steps:", "final loss", "held out: correct step above"):
+    for line in ("result digits right:", "after 1 adaptation steps:", "its own next-token probability",
+                 "final loss", "held out: correct step above"):
         assert line in run.stdout, run.stdout
+    at_slip = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--quick", "--at-slip", "--extra-layers", "1"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert at_slip.returncode == 0 and "held out: correct step above" in at_slip.stdout, at_slip.stderr[-3000:]
     bad = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--lr", "0"], capture_output=True,
                          text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--lr must be positive" in bad.stderr

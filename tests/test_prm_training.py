@@ -131,3 +131,39 @@ def test_probe_digit_accuracy_tells_the_two_formats_apart(bundled_models):
     chat = probe.result_digit_accuracy(prm, ProblemStream(4000), 30, chat=True)
     prm_format = probe.result_digit_accuracy(prm, ProblemStream(4000), 30)
     assert chat >= 0.9 and prm_format <= chat - 0.15, (chat, prm_format)
+
+
+def test_probe_at_slip_labels_only_the_first_wrong_token(tiny_models):
+    from reasoning_viz.train.policy import ProblemStream
+
+    probe, stream, rng, prm = _probe_module(), ProblemStream(5), random.Random(0), tiny_models.scorer
+    for _ in range(10):
+        right, slipped = probe.slipped_pair(stream, rng, ("result",))
+        (a, la), (b, lb) = probe.at_slip_examples(prm, right, slipped)
+        k = probe.first_difference(a, b)
+        assert a[:k] == b[:k] and a[k] != b[k]
+        assert prm.tokenizer.decode([b[k]]).isdigit(), "the slip starts at a digit of the result"
+        assert [(i, x) for i, x in enumerate(la) if x != -100] == [(k, 1.0)]
+        assert [(i, x) for i, x in enumerate(lb) if x != -100] == [(k, 0.0)]
+        assert 0.0 <= probe.p_good_at(prm, b, k) <= 1.0
+
+
+def test_probe_identity_layers_change_nothing_until_trained(tiny_models, tmp_path):
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    probe = _probe_module()
+    model = copy.deepcopy(tiny_models.scorer.model)
+    ids = torch.randint(5, 600, (2, 30))
+    before = model(ids).logits
+    probe.add_identity_layers(model, 2)
+    assert len(model.model.layers) == model.config.num_hidden_layers == 4
+    assert torch.allclose(model(ids).logits, before, atol=1e-5)
+    with torch.no_grad():
+        model.model.layers[-1].mlp.down_proj.weight.normal_(std=0.05)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert not torch.allclose(reloaded(ids).logits, before, atol=1e-3)
+    assert torch.allclose(reloaded(ids).logits, model.eval()(ids).logits, atol=1e-5)

@@ -64,10 +64,15 @@ def first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def encode_pair(prm: MathShepherdPRM, right: LabeledPath, slipped: LabeledPath) -> tuple[list[int], list[int], int]:
+    """Both paths in the PRM's format, and the position of the first wrong token."""
+    a, b = prm.encode(right.question, right.steps), prm.encode(slipped.question, slipped.steps)
+    return a, b, first_difference(a, b)
+
+
 def at_slip_examples(prm: MathShepherdPRM, right: LabeledPath, slipped: LabeledPath) -> list[tuple[list[int], list[float]]]:
     """Both paths with a single label at the first wrong token: ``+`` for the right one, ``-`` for the slip."""
-    a, b = prm.encode(right.question, right.steps), prm.encode(slipped.question, slipped.steps)
-    k = first_difference(a, b)
+    a, b, k = encode_pair(prm, right, slipped)
     return [(ids, [-100.0] * k + [label] + [-100.0] * (len(ids) - k - 1)) for ids, label in ((a, 1.0), (b, 0.0))]
 
 
@@ -77,8 +82,7 @@ def surprise_win_rate(prm: MathShepherdPRM, pairs: list[tuple[LabeledPath, Label
     the first wrong token: what it already knows, as a product of its prediction and the token seen."""
     wins = 0
     for right, slipped in pairs:
-        a, b = prm.encode(right.question, right.steps), prm.encode(slipped.question, slipped.steps)
-        k = first_difference(a, b)
+        a, b, k = encode_pair(prm, right, slipped)
         logits = prm.model(torch.tensor([a[:k]])).logits[0, -1]
         wins += bool(logits[a[k]] > logits[b[k]])
     return wins / len(pairs)
@@ -171,20 +175,18 @@ def main() -> None:
     tags = {"+": 0, "-": 0}
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
-        paths: list[LabeledPath] = []
-        examples = []
-        while len(paths) < 32:
+        examples: list[tuple[list[int], list[float]]] = []
+        while len(examples) < 32:
             right, slipped = slipped_pair(stream, rng, kinds)
             if args.at_slip:  # always paired: alone, a wrong digit looks like any other digit
                 examples += at_slip_examples(prm, right, slipped)
-                paths += [right, slipped]
             else:
-                paths += [right, slipped] if args.paired else [rng.choice((right, slipped))]
-        labels = [[x for x in e[1] if x != -100] for e in examples] if args.at_slip else [p.labels for p in paths]
-        for label in labels:
-            tags["+"] += sum(label)
-            tags["-"] += len(label) - sum(label)
-        examples = examples or [prm_example(prm, path) for path in paths]
+                paths = [right, slipped] if args.paired else [rng.choice((right, slipped))]
+                examples += [prm_example(prm, path) for path in paths]
+        for _, targets in examples:
+            labels = [x for x in targets if x != -100]
+            tags["+"] += sum(labels)
+            tags["-"] += len(labels) - sum(labels)
         return pad_batch([e[0] for e in examples], [e[1] for e in examples], tokenizer.pad_token_id,
                          label_dtype=torch.float)
 
@@ -198,8 +200,7 @@ def main() -> None:
     wins, scores, labels = 0, [], []
     for right, slipped in held_out:
         if args.at_slip:
-            (a, _), (b, _) = at_slip_examples(prm, right, slipped)
-            k = first_difference(a, b)
+            a, b, k = encode_pair(prm, right, slipped)
             good, bad = p_good_at(prm, a, k), p_good_at(prm, b, k)
         else:
             s_right, s_slipped = prm.score(right.question, [right.steps, slipped.steps])

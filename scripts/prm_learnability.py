@@ -36,14 +36,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel  # noqa: E402
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer  # noqa: E402
 
 from reasoning_viz.models.scorers import MathShepherdPRM  # noqa: E402
 from reasoning_viz.problems.tinygsm import EQUATION  # noqa: E402
 from reasoning_viz.train.common import POLICY_DIR, pad_batch, seed_everything, train_loop, use_all_cores  # noqa: E402
 from reasoning_viz.train.evaluate import auroc  # noqa: E402
 from reasoning_viz.train.policy import ProblemStream  # noqa: E402
-from reasoning_viz.train.prm import (SLIP_KINDS, LabeledPath, adapt_to_format, perturb_step,  # noqa: E402
+from reasoning_viz.train.prm import (SLIP_KINDS, LabeledPath, adapt_to_format, add_top_layers, perturb_step,  # noqa: E402
                                      prm_example, tag_loss)
 
 
@@ -95,21 +94,6 @@ def p_good_at(prm: MathShepherdPRM, ids: list[int], position: int) -> float:
     return logits.softmax(-1)[0].item()
 
 
-def add_identity_layers(model: PreTrainedModel, n: int) -> None:
-    """Stack ``n`` new Llama decoder layers on top whose output projections start at zero, so the
-    model computes exactly what it did; training can then use them to compare a finished
-    prediction with the token that follows. The result still loads with ``from_pretrained``."""
-    for _ in range(n):
-        layer = LlamaDecoderLayer(model.config, layer_idx=len(model.model.layers))
-        for name, param in layer.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                torch.nn.init.zeros_(param)
-            elif param.dim() == 2:
-                torch.nn.init.normal_(param, std=model.config.initializer_range)
-        model.model.layers.append(layer)
-    model.config.num_hidden_layers = len(model.model.layers)
-
-
 @torch.inference_mode()
 def result_digit_accuracy(prm: MathShepherdPRM, stream: ProblemStream, n: int = 100, chat: bool = False) -> float:
     """How often the model, fed gold solutions in the PRM's format (or the policy's chat format),
@@ -158,7 +142,7 @@ def main() -> None:
     seed_everything(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(POLICY_DIR)
     model = AutoModelForCausalLM.from_pretrained(POLICY_DIR)
-    add_identity_layers(model, args.extra_layers)
+    add_top_layers(model, args.extra_layers)
     prm = MathShepherdPRM(model, tokenizer)
     stream, rng = ProblemStream(args.seed + 2000), random.Random(args.seed)
     print(f"result digits right: {result_digit_accuracy(prm, ProblemStream(args.seed + 4000), checked, chat=True):.1%} "

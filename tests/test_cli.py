@@ -73,7 +73,7 @@ def test_bench_quick_prints_ratios():
 def test_training_quick_runs_end_to_end(tmp_path):
     policy, prm = tmp_path / "policy", tmp_path / "prm"
     for args in (["policy", "--quick", "--out", str(policy)],
-                 ["prm", "--quick", "--policy", str(policy), "--out", str(prm)]):
+                 ["prm", "--quick", "--surprise-layers", "1", "--policy", str(policy), "--out", str(prm)]):
         run = subprocess.run([sys.executable, "-m", "reasoning_viz.train", *args], capture_output=True, text=True,
                              cwd=ROOT, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
@@ -82,13 +82,30 @@ def test_training_quick_runs_end_to_end(tmp_path):
         log = [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
         assert log and all("loss" in row for row in log)
     assert (prm / "format_log.jsonl").exists()  # --quick runs the format adaptation too
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    assert (prm / "surprise_log.jsonl").exists()  # ... and, asked for, the surprise stage
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    # the PRM is the policy with new layers on top: 1 for the surprise, 1 for the tags in --quick
+    assert AutoConfig.from_pretrained(prm).num_hidden_layers == AutoConfig.from_pretrained(policy).num_hidden_layers + 2
 
     from reasoning_viz.models.scorers import MathShepherdPRM
 
     prm_model = MathShepherdPRM(AutoModelForCausalLM.from_pretrained(prm), AutoTokenizer.from_pretrained(prm))
     scores = prm_model.score("Mia has 3 apples.", [["3 + 1 = 4", "The answer is \\boxed{4}."]])
     assert len(scores[0]) == 2
+    assert AutoConfig.from_pretrained(prm).surprise_base_layers == AutoConfig.from_pretrained(policy).num_hidden_layers
+    report = subprocess.run([sys.executable, "scripts/surprise_report.py", "--quick", "--prm", str(prm)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    for line in ("majority@16:", "base surprise", "PRM at tokens", "PRM at tags"):
+        assert line in report.stdout
+    assert "step AUROC" in report.stdout and "nan" not in report.stdout
+
+
+def test_surprise_report_refuses_a_prm_without_the_surprise_layers():
+    run = subprocess.run([sys.executable, "scripts/surprise_report.py", "--prm", "assets/models/tinygsm-prm"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and "not trained with the surprise loss" in run.stderr
 
 
 def test_prm_learnability_probe_runs_and_reports():

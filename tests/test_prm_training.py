@@ -1,11 +1,13 @@
-"""The PRM training recipe's parts: format adaptation, contrastive copies and the labels cache."""
+"""The PRM training recipe's parts: format adaptation, the surprise stage, contrastive copies, the labels cache."""
 
 import random
 
 import pytest
 
 from reasoning_viz.problems.tinygsm import EQUATION, apply_op
-from reasoning_viz.train.prm import PRMTrainConfig, adapt_to_format, format_lm_example, load_or_label, perturb_step
+from reasoning_viz.train.prm import (PRMTrainConfig, adapt_to_format, add_top_layers, format_lm_example,
+                                     gold_format_example, load_or_label, perturb_step, prm_loss, surprise_mask,
+                                     train_only_top)
 
 
 @pytest.mark.parametrize("step", ["Loses 7: 11 - 7 = 4", "4 times as many: 1 * 4 = 4",
@@ -45,6 +47,16 @@ def test_format_example_trains_next_tokens_of_the_steps_only(tiny_models):
     assert len(tags) == 2
     # where the PRM reads + / -, next-token training must not pull towards what the text has there
     assert all(labels[i + 1] == -100 for i in tags if i + 1 < len(ids))
+
+
+def test_format_adaptation_trains_the_answer_line_too(tiny_models):
+    from reasoning_viz.train.policy import ProblemStream
+
+    prm = tiny_models.scorer
+    problem = ProblemStream(5).next()
+    ids, labels = gold_format_example(prm, problem)
+    trained = prm.tokenizer.decode([t for t, y in zip(ids, labels) if y != -100])
+    assert f"\\boxed{{{problem.answer}}}" in trained and problem.steps[-1] in trained
 
 
 def test_format_adaptation_teaches_the_policy_the_prm_format():
@@ -87,10 +99,9 @@ def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
 
     with pytest.raises(SystemExit, match="problems, steps and rollouts >= 1"):
         main(["prm", "--problems", "0", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="perturbed-per-path >= 0"):
-        main(["prm", "--perturbed-per-path", "-1", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="format-steps >= 0"):
-        main(["prm", "--format-steps", "-1", "--out", str(tmp_path)])
+    for flag in ("--perturbed-per-path", "--format-steps", "--surprise-layers", "--surprise-steps"):
+        with pytest.raises(SystemExit, match="perturbed-per-path, format-steps, surprise-steps, surprise-layers"):
+            main(["prm", flag, "-1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no folder"):
         main(["prm", "--labels-cache", str(tmp_path / "missing" / "labels.json"), "--out", str(tmp_path)])
     broken = tmp_path / "labels.json"
@@ -148,17 +159,16 @@ def test_probe_at_slip_labels_only_the_first_wrong_token(tiny_models):
         assert 0.0 <= probe.p_good_at(prm, b, k) <= 1.0
 
 
-def test_probe_identity_layers_change_nothing_until_trained(tiny_models, tmp_path):
+def test_top_layers_change_nothing_until_trained(tiny_models, tmp_path):
     import copy
 
     import torch
     from transformers import AutoModelForCausalLM
 
-    probe = _probe_module()
     model = copy.deepcopy(tiny_models.scorer.model)
     ids = torch.randint(5, 600, (2, 30))
     before = model(ids).logits
-    probe.add_identity_layers(model, 2)
+    add_top_layers(model, 2)
     assert len(model.model.layers) == model.config.num_hidden_layers == 4
     assert torch.allclose(model(ids).logits, before, atol=1e-5)
     with torch.no_grad():
@@ -167,3 +177,57 @@ def test_probe_identity_layers_change_nothing_until_trained(tiny_models, tmp_pat
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert not torch.allclose(reloaded(ids).logits, before, atol=1e-3)
     assert torch.allclose(reloaded(ids).logits, model.eval()(ids).logits, atol=1e-5)
+
+
+def test_surprise_mask_marks_only_the_tokens_the_policy_wrote(tiny_models):
+    prm = tiny_models.scorer
+    question, steps = "Mia has 3 apples. How many now?", ["3 + 1 = 4", "The answer is \\boxed{4}."]
+    ids = prm.encode(question, steps)
+    mask = surprise_mask(prm, question, ids)
+    start = len(prm.tokenizer.encode(prm.format(question, [])))
+    assert not any(mask[:start])  # the question is not the policy's
+    tags = [i for i, t in enumerate(ids) if t == prm.step_tag_id]
+    assert len(tags) == 2 and not any(mask[i] or mask[i + 1] for i in tags[:-1]) and not mask[tags[-1]]
+    assert sum(mask) > 0 and all(mask[i] for i in range(start, tags[0]))
+
+
+def test_surprise_loss_targets_the_base_models_own_token_probability(tiny_models):
+    import copy
+
+    import torch
+
+    prm = tiny_models.scorer
+    model = copy.deepcopy(prm.model)
+    n_base = len(model.model.layers)
+    add_top_layers(model, 1)  # still the identity: the final logits are the base's
+    question, steps = "Mia has 3 apples. How many now?", ["3 + 1 = 4", "The answer is \\boxed{4}."]
+    ids = prm.encode(question, steps)
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+             "labels": torch.full((1, len(ids)), -100.0),
+             "surprise_mask": torch.tensor([surprise_mask(prm, question, ids)]).bool()}
+    loss = prm_loss(model, batch, prm.candidate_ids, n_base, tag_weight=0.0, surprise_weight=1.0)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    at = [i for i, m in enumerate(batch["surprise_mask"][0]) if m]
+    p_token = torch.stack([logits[i - 1].softmax(-1)[ids[i]] for i in at])
+    two_way = logits[at][:, prm.candidate_ids].log_softmax(-1)
+    expected = -(p_token * two_way[:, 0] + (1 - p_token) * two_way[:, 1]).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_only_the_top_layers_train(tiny_models):
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(tiny_models.scorer.model)
+    n_base = len(model.model.layers)
+    add_top_layers(model, 1)
+    train_only_top(model, n_base)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(f"model.layers.{n_base}.") for n in trainable)
+    before = model.model.embed_tokens.weight.clone()
+    model(torch.randint(5, 600, (1, 12))).logits.sum().backward()
+    torch.optim.AdamW(model.parameters(), lr=0.1).step()
+    assert torch.equal(model.model.embed_tokens.weight, before)  # tied: the LM head stays the base's too
+    assert model.model.layers[n_base].mlp.down_proj.weight.abs().sum() > 0

@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> None:
                            help="contrastive copies with one step made wrong, per sampled path (default 0)")
             p.add_argument("--format-steps", type=int,
                            help="next-token steps on gold solutions in the PRM's format before the tag training")
+            p.add_argument("--surprise-layers", type=int, default=0,
+                           help="new top layers taught the base's per-token surprise, then one more for the tags "
+                                "(default 0: the plain Math-Shepherd fine-tune of every layer)")
+            p.add_argument("--surprise-steps", type=int, help="steps on the surprise loss before the tags train")
             p.add_argument("--labels-cache", type=Path,
                            help="JSON file of labelled paths: reused when it exists, written otherwise")
     e = sub.add_parser("evaluate", help="evaluation table on the held-out set")
@@ -61,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
             cfg.problems = args.problems
         if args.format_steps is not None:
             cfg.format_steps = args.format_steps
+        cfg.surprise_layers = args.surprise_layers
+        if args.surprise_steps is not None:
+            cfg.surprise_steps = args.surprise_steps
         cfg.labels_cache = args.labels_cache
         cfg.perturbed_per_path = args.perturbed_per_path
         print(f"saved to {train_prm(cfg)}")

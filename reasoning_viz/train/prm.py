@@ -9,12 +9,20 @@
    still reach the gold in one of K rollouts. Hard labels call that step exactly as good as a
    right one; the fraction ranks it well below (measured on 96 training problems against the
    exact step checker: AUROC of the labels themselves 0.971 soft vs 0.962 hard).
-3. Optionally (``format_steps``, off in the shipped recipe so far) teach a copy of the policy the
-   PRM's input format first: next-token training on gold solutions written as the PRM reads them
-   (``format_lm_example``), so that it still computes there.
-4. Fine-tune it as a causal LM whose two-way softmax over the ``+``/``-``
-   logits at each ``ки`` tag is trained towards (label, 1 - label) — exactly what Math-Shepherd's
-   inference reads back as P(``+``).
+Steps 3 and 4 are options, off in the shipped recipe so far (the PRM's model card says what they
+measured); without them step 5 fine-tunes every layer of the policy's copy.
+
+3. Teach a copy of the policy the PRM's input format (``format_steps``): next-token training on
+   gold solutions written as the PRM reads them (``format_lm_example``), so that it still
+   predicts there what it predicts in its own chat format.
+4. Stack new layers on it (``surprise_layers``) and, with the copy frozen, train them on the **surprise loss**
+   (``prm_loss``): at every token the policy wrote, P(``+``) read there is trained towards the
+   copy's own probability of that token. Hot sampling goes wrong through tokens the model itself
+   found unlikely; a PRM cannot learn to notice them from step labels alone (see
+   ``scripts/prm_learnability.py``), but with this target at every token it does.
+5. (With step 4, one more new layer first.) The Math-Shepherd loss: the two-way softmax over the ``+``/``-``
+   logits at each ``ки`` tag trained towards (label, 1 - label) — exactly what Math-Shepherd's
+   inference reads back as P(``+``) — with step 4's surprise loss kept beside it.
 """
 
 from __future__ import annotations
@@ -29,12 +37,13 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from ..models.generator import SamplingParams, StepGenerator, encode_steps
 from ..models.scorers import MathShepherdPRM
 from ..problems.grading import answers_match, extract_boxed
-from ..problems.tinygsm import EQUATION, apply_op
+from ..problems.tinygsm import EQUATION, Problem, apply_op, final_answer_line
 from .common import POLICY_DIR, PRM_DIR, pad_batch, seed_everything, train_loop, use_all_cores
 from .policy import ProblemStream
 
@@ -50,7 +59,13 @@ class PRMTrainConfig:
     perturbed_per_path: int = 0  # contrastive copies per path (see contrastive_paths); off in the shipped recipe
     max_solution_tokens: int = 256
     labels_cache: Path | None = None  # reuse the labelled paths from here (written on the first run)
+    # Stages 3-4 (off in the shipped recipe so far; see the PRM's model card for what they measured):
     format_steps: int = 0  # next-token steps on gold solutions in the PRM's format first (format_lm_example)
+    format_batch_size: int = 32
+    surprise_layers: int = 0  # new top layers that learn the base's per-token surprise (prm_loss)
+    surprise_steps: int = 400  # steps on the surprise loss alone, before the tags are trained
+    tag_layers: int = 1  # with surprise layers: one more new layer, added for the tag training
+    surprise_weight: float = 1.0  # with surprise layers: the surprise loss kept beside the tag loss
     steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
@@ -60,14 +75,16 @@ class PRMTrainConfig:
 
     def apply_quick(self) -> None:
         self.problems, self.samples_per_problem, self.rollouts, self.steps, self.batch_size = 6, 2, 2, 4, 4
-        self.format_steps = 2
+        self.format_steps, self.surprise_steps, self.format_batch_size = 2, 2, 4
         self.max_solution_tokens = 24
 
     def validate(self) -> None:
         """Refuse a recipe that would fail late (after minutes of labelling) with a clear message."""
-        if min(self.problems, self.steps, self.rollouts) < 1 or min(self.perturbed_per_path, self.format_steps) < 0:
-            raise SystemExit("need problems, steps and rollouts >= 1, "
-                             "perturbed-per-path >= 0 and format-steps >= 0")
+        if min(self.problems, self.steps, self.rollouts) < 1 or min(
+                self.perturbed_per_path, self.format_steps, self.surprise_steps, self.surprise_layers,
+                self.tag_layers, self.surprise_weight) < 0:
+            raise SystemExit("need problems, steps and rollouts >= 1, and perturbed-per-path, format-steps, "
+                             "surprise-steps, surprise-layers, tag-layers and surprise-weight >= 0")
         if self.labels_cache is not None and not self.labels_cache.parent.is_dir():
             raise SystemExit(f"no folder {self.labels_cache.parent} for the labels cache")
 
@@ -252,26 +269,91 @@ def format_lm_example(prm: MathShepherdPRM, question: str, steps: list[str]) -> 
     return ids, labels
 
 
+def gold_format_example(prm: MathShepherdPRM, problem: Problem) -> tuple[list[int], list[int]]:
+    """``format_lm_example`` of a problem's whole gold solution. The answer line is a step too:
+    trained without it, the copy no longer expects ``The answer is \\boxed{...}`` and finds every
+    solution's last step surprising."""
+    return format_lm_example(prm, problem.question, [*problem.steps, final_answer_line(problem.answer)])
+
+
 def adapt_to_format(prm: MathShepherdPRM, stream: ProblemStream, steps: int, lr: float, batch_size: int,
                     log_path: Path | None) -> list[float]:
     """Next-token training of ``prm.model`` on gold solutions in the PRM's input format; the losses."""
 
     def gold_batch(step: int) -> dict[str, torch.Tensor]:
-        problems = [stream.next() for _ in range(batch_size)]
-        examples = [format_lm_example(prm, p.question, list(p.steps)) for p in problems]
+        examples = [gold_format_example(prm, stream.next()) for _ in range(batch_size)]
         return pad_batch([e[0] for e in examples], [e[1] for e in examples], prm.tokenizer.pad_token_id)
 
     return train_loop(prm.model, gold_batch, lambda model, batch: model(**batch).loss, steps, lr, log_path,
                       desc="prm format", warmup=30)
 
 
+def two_way_loss(logits: torch.Tensor, p_good: torch.Tensor, candidates: list[int]) -> torch.Tensor:
+    """Cross entropy of the two-way softmax over the ``+``/``-`` logits against (p_good, 1 - p_good)."""
+    return torch.nn.functional.cross_entropy(logits[:, candidates], torch.stack([p_good, 1 - p_good], dim=-1))
+
+
 def tag_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: list[int]) -> torch.Tensor:
-    """Cross entropy of the two-way softmax over the ``+``/``-`` logits at each tag against (label, 1 - label)."""
+    """The Math-Shepherd loss: at each tag, P(+) against the step's label."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     at = batch["labels"] != -100
-    two_way = logits[at][:, candidates]  # (tags, 2): logits of "+" and "-"
-    p_good = batch["labels"][at]
-    return torch.nn.functional.cross_entropy(two_way, torch.stack([p_good, 1 - p_good], dim=-1))
+    return two_way_loss(logits[at], batch["labels"][at], candidates)
+
+
+def add_top_layers(model: PreTrainedModel, n: int) -> None:
+    """Stack ``n`` new Llama decoder layers on top whose output projections start at zero, so the
+    model computes exactly what it did until they are trained. It still loads with ``from_pretrained``."""
+    for _ in range(n):
+        layer = LlamaDecoderLayer(model.config, layer_idx=len(model.model.layers))
+        for name, param in layer.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                torch.nn.init.zeros_(param)
+            elif param.dim() == 2:
+                torch.nn.init.normal_(param, std=model.config.initializer_range)
+        model.model.layers.append(layer)
+    model.config.num_hidden_layers = len(model.model.layers)
+
+
+def train_only_top(model: PreTrainedModel, n_base: int) -> None:
+    """Freeze the embeddings, the first ``n_base`` layers and the final norm: the base keeps predicting
+    tokens exactly as before, which is what the surprise target reads."""
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("model.layers.") and int(name.split(".")[2]) >= n_base
+
+
+def surprise_mask(prm: MathShepherdPRM, question: str, ids: list[int]) -> list[int]:
+    """1 at every solution token the policy wrote (not the question, a tag, or the line after a tag)."""
+    start = len(prm.tokenizer.encode(prm.format(question, [])))
+    tag = prm.step_tag_id
+    return [int(i >= start and ids[i] != tag and ids[i - 1] != tag) for i in range(len(ids))]
+
+
+def prm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: list[int], n_base: int,
+             tag_weight: float, surprise_weight: float) -> torch.Tensor:
+    """Tag loss (Math-Shepherd) plus the surprise loss, from one forward pass.
+
+    Surprise loss: at every token the policy wrote, P(+) read there is trained towards the frozen
+    base's own probability of that token given what came before. A slip sampled at a hot
+    temperature is a token the model itself found unlikely, so this is the check a step needs;
+    a PRM cannot learn it from step labels alone (``scripts/prm_learnability.py``: a right token
+    and its slip differ only in whether they *agree* with the prediction one position back, an
+    XOR that gradient descent does not find), but with a target at every token it does.
+    """
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=surprise_weight > 0)
+    loss = out.logits.new_zeros(())
+    if tag_weight:
+        at = batch["labels"] != -100
+        loss = loss + tag_weight * two_way_loss(out.logits[at], batch["labels"][at], candidates)
+    if surprise_weight:
+        ids = batch["input_ids"]
+        with torch.no_grad():  # the base's next-token log-probs; its layers are frozen
+            base = model.lm_head(model.model.norm(out.hidden_states[n_base])).log_softmax(-1)
+            p_token = torch.zeros(ids.shape)
+            p_token[:, 1:] = base[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].exp()
+        at = batch["surprise_mask"].bool()
+        loss = loss + surprise_weight * two_way_loss(out.logits[at], p_token[at], candidates)
+    return loss
 
 
 def train_prm(cfg: PRMTrainConfig) -> Path:
@@ -293,18 +375,35 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     prm = MathShepherdPRM(model, tokenizer)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.format_steps:  # its own problems: neither the labelled nor the held-out ones
-        adapt_to_format(prm, ProblemStream(cfg.seed + 2000), cfg.format_steps, cfg.lr, cfg.batch_size,
+        adapt_to_format(prm, ProblemStream(cfg.seed + 2000), cfg.format_steps, cfg.lr, cfg.format_batch_size,
                         cfg.out_dir / "format_log.jsonl")
-    examples = [prm_example(prm, p) for p in paths]
+    n_base = len(model.model.layers)
+    examples = []
+    for p in paths:
+        ids, targets = prm_example(prm, p)
+        examples.append((ids, targets, surprise_mask(prm, p.question, ids)))
     rng = random.Random(cfg.seed)
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
         chosen = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
-        return pad_batch([c[0] for c in chosen], [c[1] for c in chosen], tokenizer.pad_token_id,
-                         label_dtype=torch.float)
+        batch = pad_batch([c[0] for c in chosen], [c[1] for c in chosen], tokenizer.pad_token_id,
+                          label_dtype=torch.float)
+        batch["surprise_mask"] = pad_batch([c[0] for c in chosen], [c[2] for c in chosen], 0)["labels"] == 1
+        return batch
 
-    losses = train_loop(model, next_batch, partial(tag_loss, candidates=prm.candidate_ids), cfg.steps, cfg.lr,
-                        cfg.out_dir / "training_log.jsonl", desc="prm", warmup=30)
+    loss_at = partial(prm_loss, candidates=prm.candidate_ids, n_base=n_base)
+    surprise_weight = cfg.surprise_weight if cfg.surprise_layers else 0.0
+    if cfg.surprise_layers:  # the base stays frozen; only new layers on top learn
+        add_top_layers(model, cfg.surprise_layers)
+        train_only_top(model, n_base)
+        model.config.surprise_base_layers = n_base  # saved in config.json: where the frozen base ends
+        if cfg.surprise_steps:
+            train_loop(model, next_batch, partial(loss_at, tag_weight=0.0, surprise_weight=1.0), cfg.surprise_steps,
+                       cfg.lr, cfg.out_dir / "surprise_log.jsonl", desc="prm surprise", warmup=30)
+        add_top_layers(model, cfg.tag_layers)
+        train_only_top(model, n_base)
+    losses = train_loop(model, next_batch, partial(loss_at, tag_weight=1.0, surprise_weight=surprise_weight),
+                        cfg.steps, cfg.lr, cfg.out_dir / "training_log.jsonl", desc="prm", warmup=30)
     print(f"prm: final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, total {time.time() - start:.0f}s")
     model.save_pretrained(cfg.out_dir, safe_serialization=True)
     tokenizer.save_pretrained(cfg.out_dir)

@@ -42,8 +42,9 @@ from reasoning_viz.problems.tinygsm import EQUATION  # noqa: E402
 from reasoning_viz.train.common import POLICY_DIR, pad_batch, seed_everything, train_loop, use_all_cores  # noqa: E402
 from reasoning_viz.train.evaluate import auroc  # noqa: E402
 from reasoning_viz.train.policy import ProblemStream  # noqa: E402
-from reasoning_viz.train.prm import (SLIP_KINDS, LabeledPath, adapt_to_format, add_top_layers, perturb_step,  # noqa: E402
+from reasoning_viz.train.prm import (SLIP_KINDS, LabeledPath, adapt_to_format, perturb_step,  # noqa: E402
                                      prm_example, tag_loss)
+from reasoning_viz.train.surprise import add_top_layers  # noqa: E402
 
 
 def slipped_pair(stream: ProblemStream, rng: random.Random, kinds: tuple[str, ...]) -> tuple[LabeledPath, LabeledPath]:

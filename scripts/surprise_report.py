@@ -41,7 +41,8 @@ from reasoning_viz.problems.grading import answers_match, extract_boxed  # noqa:
 from reasoning_viz.problems.tinygsm import load_test_set, reference_step_labels  # noqa: E402
 from reasoning_viz.train.common import seed_everything, use_all_cores  # noqa: E402
 from reasoning_viz.train.evaluate import auroc  # noqa: E402
-from reasoning_viz.train.prm import split_steps, surprise_mask  # noqa: E402
+from reasoning_viz.train.prm import split_steps  # noqa: E402
+from reasoning_viz.train.surprise import base_token_probs, surprise_mask  # noqa: E402
 
 SAMPLES, TEMPERATURE = 16, 1.7  # the evaluation's best-of-16 at the app's default temperature
 
@@ -50,15 +51,16 @@ SAMPLES, TEMPERATURE = 16, 1.7  # the evaluation's best-of-16 at the app's defau
 def running_minima(prm: MathShepherdPRM, n_base: int, question: str, steps: list[str]) -> dict[str, list[float]]:
     """Per step: the base's surprise and the PRM's token P(+), each a running minimum, and the tag P(+)."""
     ids = prm.encode(question, steps)
-    out = prm.model(torch.tensor([ids]), output_hidden_states=True)
-    base = prm.model.lm_head(prm.model.model.norm(out.hidden_states[n_base]))[0].softmax(-1)
+    batch = torch.tensor([ids])
+    out = prm.model(batch, output_hidden_states=True)
+    base = base_token_probs(prm.model, out.hidden_states[n_base], batch)[0]
     p_plus = out.logits[0][:, prm.candidate_ids].softmax(-1)[:, 0]
     mask = surprise_mask(prm, question, ids)
     low_base, low_prm = 1.0, 1.0
     scores: dict[str, list[float]] = {"base surprise": [], "PRM at tokens": [], "PRM at tags": []}
     for i, token in enumerate(ids):
         if mask[i]:
-            low_base = min(low_base, base[i - 1, token].item())
+            low_base = min(low_base, base[i].item())
             low_prm = min(low_prm, p_plus[i].item())
         if token == prm.step_tag_id:
             scores["base surprise"].append(low_base)

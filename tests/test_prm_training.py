@@ -5,9 +5,9 @@ import random
 import pytest
 
 from reasoning_viz.problems.tinygsm import EQUATION, apply_op
-from reasoning_viz.train.prm import (PRMTrainConfig, adapt_to_format, add_top_layers, format_lm_example,
-                                     gold_format_example, load_or_label, perturb_step, prm_loss, surprise_mask,
-                                     train_only_top)
+from reasoning_viz.train.prm import (PRMTrainConfig, adapt_to_format, format_lm_example, gold_format_example,
+                                     load_or_label, perturb_step, prm_loss)
+from reasoning_viz.train.surprise import add_top_layers, surprise_mask, train_only_top
 
 
 @pytest.mark.parametrize("step", ["Loses 7: 11 - 7 = 4", "4 times as many: 1 * 4 = 4",

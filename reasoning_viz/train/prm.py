@@ -37,8 +37,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..models.generator import SamplingParams, StepGenerator, encode_steps
 from ..models.scorers import MathShepherdPRM
@@ -46,6 +45,7 @@ from ..problems.grading import answers_match, extract_boxed
 from ..problems.tinygsm import EQUATION, Problem, apply_op, final_answer_line
 from .common import POLICY_DIR, PRM_DIR, pad_batch, seed_everything, train_loop, use_all_cores
 from .policy import ProblemStream
+from .surprise import add_top_layers, base_token_probs, surprise_mask, train_only_top
 
 
 @dataclass
@@ -294,38 +294,8 @@ def two_way_loss(logits: torch.Tensor, p_good: torch.Tensor, candidates: list[in
 
 
 def tag_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: list[int]) -> torch.Tensor:
-    """The Math-Shepherd loss: at each tag, P(+) against the step's label."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    at = batch["labels"] != -100
-    return two_way_loss(logits[at], batch["labels"][at], candidates)
-
-
-def add_top_layers(model: PreTrainedModel, n: int) -> None:
-    """Stack ``n`` new Llama decoder layers on top whose output projections start at zero, so the
-    model computes exactly what it did until they are trained. It still loads with ``from_pretrained``."""
-    for _ in range(n):
-        layer = LlamaDecoderLayer(model.config, layer_idx=len(model.model.layers))
-        for name, param in layer.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                torch.nn.init.zeros_(param)
-            elif param.dim() == 2:
-                torch.nn.init.normal_(param, std=model.config.initializer_range)
-        model.model.layers.append(layer)
-    model.config.num_hidden_layers = len(model.model.layers)
-
-
-def train_only_top(model: PreTrainedModel, n_base: int) -> None:
-    """Freeze the embeddings, the first ``n_base`` layers and the final norm: the base keeps predicting
-    tokens exactly as before, which is what the surprise target reads."""
-    for name, param in model.named_parameters():
-        param.requires_grad = name.startswith("model.layers.") and int(name.split(".")[2]) >= n_base
-
-
-def surprise_mask(prm: MathShepherdPRM, question: str, ids: list[int]) -> list[int]:
-    """1 at every solution token the policy wrote (not the question, a tag, or the line after a tag)."""
-    start = len(prm.tokenizer.encode(prm.format(question, [])))
-    tag = prm.step_tag_id
-    return [int(i >= start and ids[i] != tag and ids[i - 1] != tag) for i in range(len(ids))]
+    """The Math-Shepherd loss alone: at each tag, P(+) against the step's label."""
+    return prm_loss(model, batch, candidates, n_base=0, tag_weight=1.0, surprise_weight=0.0)
 
 
 def prm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: list[int], n_base: int,
@@ -346,12 +316,9 @@ def prm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates:
         at = batch["labels"] != -100
         loss = loss + tag_weight * two_way_loss(out.logits[at], batch["labels"][at], candidates)
     if surprise_weight:
-        ids = batch["input_ids"]
-        with torch.no_grad():  # the base's next-token log-probs; its layers are frozen
-            base = model.lm_head(model.model.norm(out.hidden_states[n_base])).log_softmax(-1)
-            p_token = torch.zeros(ids.shape)
-            p_token[:, 1:] = base[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].exp()
-        at = batch["surprise_mask"].bool()
+        with torch.no_grad():  # the target: its layers are frozen
+            p_token = base_token_probs(model, out.hidden_states[n_base], batch["input_ids"])
+        at = batch["surprise_mask"]
         loss = loss + surprise_weight * two_way_loss(out.logits[at], p_token[at], candidates)
     return loss
 
@@ -388,7 +355,9 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
         chosen = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
         batch = pad_batch([c[0] for c in chosen], [c[1] for c in chosen], tokenizer.pad_token_id,
                           label_dtype=torch.float)
-        batch["surprise_mask"] = pad_batch([c[0] for c in chosen], [c[2] for c in chosen], 0)["labels"] == 1
+        batch["surprise_mask"] = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+        for row, c in enumerate(chosen):
+            batch["surprise_mask"][row, : len(c[2])] = torch.tensor(c[2], dtype=torch.bool)
         return batch
 
     loss_at = partial(prm_loss, candidates=prm.candidate_ids, n_base=n_base)

@@ -121,3 +121,35 @@ def test_prm_learnability_probe_runs_and_reports():
     bad = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--lr", "0"], capture_output=True,
                          text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--lr must be positive" in bad.stderr
+
+
+def test_surprise_bottleneck_at_full_rank_reproduces_the_exact_figures():
+    run = subprocess.run([sys.executable, "scripts/surprise_bottleneck.py", "--quick", "--ranks", "8,641"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = {line.split("best-of-16")[0].strip(): line.split("best-of-16")[1]
+               for line in run.stdout.splitlines() if "best-of-16" in line}
+    assert set(figures) == {"exact distribution", "rank-8 code (in-sample PCA)", "rank-8 code, float32",
+                            "rank-641 code (in-sample PCA)", "rank-641 code, float32"}
+    # A full-rank code loses nothing: same best-of-16 and AUROC as the exact distribution.
+    assert figures["rank-641 code (in-sample PCA)"] == figures["exact distribution"]
+    assert "nan" not in run.stdout
+    bad = subprocess.run([sys.executable, "scripts/surprise_bottleneck.py", "--ranks", "a,b"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--ranks must be comma-separated integers" in bad.stderr
+
+
+def test_surprise_bottleneck_steps_line_up_with_their_tokens():
+    import importlib.util
+
+    from reasoning_viz.models.loading import BUNDLED_POLICY, load_causal_lm
+
+    spec = importlib.util.spec_from_file_location("surprise_bottleneck", ROOT / "scripts" / "surprise_bottleneck.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, tokenizer = load_causal_lm(BUNDLED_POLICY)
+    text = "Buys 4: 12 + 4 = 16\n\nThe answer is \\boxed{16}."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    steps, ends = module.steps_and_ends(tokenizer, ids)
+    assert steps == ["Buys 4: 12 + 4 = 16", "The answer is \\boxed{16}."]
+    assert tokenizer.decode(ids[: ends[0]]) == steps[0] and ends[-1] == len(ids)

@@ -70,6 +70,8 @@ def main() -> None:
     use_all_cores()
     seed_everything(args.seed)
     policy, tokenizer = load_causal_lm(BUNDLED_POLICY)
+    if max(ranks) > policy.config.vocab_size:
+        ap.error(f"a rank can be at most the vocabulary size, {policy.config.vocab_size}")
     generator = StepGenerator(policy, tokenizer, memory_budget_mb=2048)
     rng = torch.Generator().manual_seed(args.seed)
     params = SamplingParams(temperature=TEMPERATURE, max_step_tokens=160, stop_at_step=False)

@@ -133,10 +133,15 @@ def test_surprise_bottleneck_at_full_rank_reproduces_the_exact_figures():
                             "rank-641 code (in-sample PCA)", "rank-641 code, float32"}
     # A full-rank code loses nothing: same best-of-16 and AUROC as the exact distribution.
     assert figures["rank-641 code (in-sample PCA)"] == figures["exact distribution"]
+    # ...and a small one does lose something, so the reconstruction is really used.
+    assert figures["rank-8 code (in-sample PCA)"] != figures["exact distribution"]
     assert "nan" not in run.stdout
     bad = subprocess.run([sys.executable, "scripts/surprise_bottleneck.py", "--ranks", "a,b"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--ranks must be comma-separated integers" in bad.stderr
+    too_big = subprocess.run([sys.executable, "scripts/surprise_bottleneck.py", "--ranks", "642"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert too_big.returncode == 2 and "at most the vocabulary size, 641" in too_big.stderr
 
 
 def test_surprise_bottleneck_steps_line_up_with_their_tokens():

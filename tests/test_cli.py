@@ -73,7 +73,8 @@ def test_bench_quick_prints_ratios():
 def test_training_quick_runs_end_to_end(tmp_path):
     policy, prm = tmp_path / "policy", tmp_path / "prm"
     for args in (["policy", "--quick", "--out", str(policy)],
-                 ["prm", "--quick", "--surprise-layers", "1", "--policy", str(policy), "--out", str(prm)]):
+                 ["prm", "--quick", "--surprise-layers", "1", "--code-rank", "8", "--policy", str(policy),
+                  "--out", str(prm)]):
         run = subprocess.run([sys.executable, "-m", "reasoning_viz.train", *args], capture_output=True, text=True,
                              cwd=ROOT, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
@@ -85,8 +86,8 @@ def test_training_quick_runs_end_to_end(tmp_path):
     assert (prm / "surprise_log.jsonl").exists()  # ... and, asked for, the surprise stage
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    # the PRM is the policy with new layers on top: 1 for the surprise, 1 for the tags in --quick
-    assert AutoConfig.from_pretrained(prm).num_hidden_layers == AutoConfig.from_pretrained(policy).num_hidden_layers + 2
+    # the PRM is the policy with new layers on top: the fitted code layer, 1 for the surprise, 1 for the tags
+    assert AutoConfig.from_pretrained(prm).num_hidden_layers == AutoConfig.from_pretrained(policy).num_hidden_layers + 3
 
     from reasoning_viz.models.scorers import MathShepherdPRM
 

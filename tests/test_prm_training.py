@@ -99,9 +99,11 @@ def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
 
     with pytest.raises(SystemExit, match="problems, steps and rollouts >= 1"):
         main(["prm", "--problems", "0", "--out", str(tmp_path)])
-    for flag in ("--perturbed-per-path", "--format-steps", "--surprise-layers", "--surprise-steps"):
+    for flag in ("--perturbed-per-path", "--format-steps", "--surprise-layers", "--surprise-steps", "--code-rank"):
         with pytest.raises(SystemExit, match="perturbed-per-path, format-steps, surprise-steps, surprise-layers"):
             main(["prm", flag, "-1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--code-rank needs --surprise-layers"):
+        main(["prm", "--code-rank", "8", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no folder"):
         main(["prm", "--labels-cache", str(tmp_path / "missing" / "labels.json"), "--out", str(tmp_path)])
     broken = tmp_path / "labels.json"
@@ -231,3 +233,83 @@ def test_only_the_top_layers_train(tiny_models):
     torch.optim.AdamW(model.parameters(), lr=0.1).step()
     assert torch.equal(model.model.embed_tokens.weight, before)  # tied: the LM head stays the base's too
     assert model.model.layers[n_base].mlp.down_proj.weight.abs().sum() > 0
+
+
+def _tiny_llama(vocab: int = 50, hidden: int = 32):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_code_layer_is_fitted_by_regression_and_refuses_a_rank_above_the_vocabulary():
+    import torch
+
+    from reasoning_viz.train.surprise import add_code_layer
+
+    model = _tiny_llama()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # sharp next-token distributions, as a trained policy's are
+    hidden = torch.randn(3000, 32)
+    untrained = add_code_layer(_tiny_llama(), hidden, rank=8, steps=0, lr=3e-3, seed=0)
+    fitted = add_code_layer(model, hidden, rank=8, steps=300, lr=3e-3, seed=0)
+    assert fitted < 0.5 < untrained  # the code is unit-scaled: 1.0 is what predicting nothing costs
+    layer = model.model.layers[-1]
+    assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3
+    assert layer.self_attn.o_proj.weight.abs().max() == 0  # its attention writes nothing
+    assert torch.equal(layer.post_attention_layernorm.weight, model.model.norm.weight)  # reads normed states
+    with pytest.raises(ValueError, match="vocabulary size"):
+        add_code_layer(_tiny_llama(), hidden, rank=51, steps=1, lr=1e-3, seed=0)
+
+
+def test_previous_token_loss_is_zero_only_for_attention_on_the_position_before():
+    import torch
+
+    from reasoning_viz.train.surprise import previous_token_loss
+
+    length = 6
+    on_previous = torch.zeros(1, 2, length, length)
+    on_previous[0, :, 0, 0] = 1
+    for t in range(1, length):
+        on_previous[0, :, t, t - 1] = 1
+    uniform = torch.tril(torch.ones(length, length))
+    uniform = (uniform / uniform.sum(-1, keepdim=True)).expand(1, 2, length, length)
+    mask = torch.ones(1, length, dtype=torch.bool)
+    assert previous_token_loss(on_previous, mask).item() < 1e-5
+    assert previous_token_loss(uniform, mask).item() > 0.5
+    only_third = uniform.clone()
+    only_third[..., 3, :] = on_previous[..., 3, :]
+    assert previous_token_loss(only_third, mask).item() > 0.5
+    mask[:] = False
+    mask[0, 3] = True  # positions outside the mask do not count
+    assert previous_token_loss(only_third, mask).item() < 1e-5
+
+
+def test_min_pool_layer_adds_the_lowest_logit_before_a_position():
+    import torch
+
+    from reasoning_viz.train.surprise import add_top_layers, init_min_pool
+
+    model = _tiny_llama()
+    with torch.no_grad():  # a direction every position shares, as a trained model's residual has
+        model.model.embed_tokens.weight.add_(0.02 * torch.randn(32))
+    add_top_layers(model, 1)
+    plus, minus = 3, 4
+    direction = model.lm_head.weight[plus] - model.lm_head.weight[minus]
+    ids = torch.randint(5, 50, (1, 40))
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        below = out.hidden_states[2][0]  # what the pooling layer reads
+        init_min_pool(model, 2, [plus, minus], below, sharpness=30.0)
+        per_position = model.model.norm(below) @ direction
+        after = model(input_ids=ids).logits[0]
+    logit = after[:, plus] - after[:, minus]
+    added = logit - per_position
+    running_min = torch.cummin(per_position, 0).values
+    running_mean = torch.cumsum(per_position, 0) / torch.arange(1, len(per_position) + 1)
+    # a soft minimum: tracking the lowest logit so far along the sequence, far closer to it than to the mean
+    assert torch.corrcoef(torch.stack([added[5:], running_min[5:]]))[0, 1] > 0.9
+    assert (added[5:] - running_min[5:]).abs().mean() < 0.5 * (added[5:] - running_mean[5:]).abs().mean()

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
                            help="new top layers taught the base's per-token surprise, then one more for the tags "
                                 "(default 0: the plain Math-Shepherd fine-tune of every layer)")
             p.add_argument("--surprise-steps", type=int, help="steps on the surprise loss before the tags train")
+            p.add_argument("--code-rank", type=int, default=0,
+                           help="with --surprise-layers: first a layer fitted by regression to write this many "
+                                "numbers coding the base's next-token prediction (default 0: none)")
             p.add_argument("--labels-cache", type=Path,
                            help="JSON file of labelled paths: reused when it exists, written otherwise")
     e = sub.add_parser("evaluate", help="evaluation table on the held-out set")
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.surprise_layers = args.surprise_layers
         if args.surprise_steps is not None:
             cfg.surprise_steps = args.surprise_steps
+        cfg.code_rank = args.code_rank
         cfg.labels_cache = args.labels_cache
         cfg.perturbed_per_path = args.perturbed_per_path
         print(f"saved to {train_prm(cfg)}")

@@ -20,9 +20,15 @@ measured); without them step 5 fine-tunes every layer of the policy's copy.
    copy's own probability of that token. Hot sampling goes wrong through tokens the model itself
    found unlikely; a PRM cannot learn to notice them from step labels alone (see
    ``scripts/prm_learnability.py``), but with this target at every token it does.
+   With ``code_rank``, the first new layer is not trained but fitted by regression (``add_code_layer``):
+   its MLP writes, at every position, a short code of the base's next-token prediction; the next
+   layer is pushed to look one position back (``previous_token_loss``), so that the prediction made
+   for a token meets the token itself — the link gradient descent found slowest on its own.
 5. (With step 4, one more new layer first.) The Math-Shepherd loss: the two-way softmax over the ``+``/``-``
    logits at each ``ки`` tag trained towards (label, 1 - label) — exactly what Math-Shepherd's
-   inference reads back as P(``+``) — with step 4's surprise loss kept beside it.
+   inference reads back as P(``+``) — with step 4's surprise loss kept beside it. With a code layer,
+   the tag layer starts as a pool of the path's lowest token score (``init_min_pool``): a path is as
+   good as its weakest token.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from ..problems.grading import answers_match, extract_boxed
 from ..problems.tinygsm import EQUATION, Problem, apply_op, final_answer_line
 from .common import POLICY_DIR, PRM_DIR, pad_batch, seed_everything, train_loop, use_all_cores
 from .policy import ProblemStream
-from .surprise import add_top_layers, base_token_probs, surprise_mask, train_only_top
+from .surprise import (add_code_layer, add_top_layers, base_states, base_token_probs, init_min_pool,
+                       previous_token_loss, states_at_tags, surprise_mask, train_only_top)
 
 
 @dataclass
@@ -65,6 +72,8 @@ class PRMTrainConfig:
     surprise_layers: int = 0  # new top layers that learn the base's per-token surprise (prm_loss)
     surprise_steps: int = 400  # steps on the surprise loss alone, before the tags are trained
     tag_layers: int = 1  # with surprise layers: one more new layer, added for the tag training
+    code_rank: int = 0  # with surprise layers: first a layer fitted to write a code of the base's prediction
+    code_fit_steps: int = 1500  # regression steps that fit that layer (add_code_layer)
     surprise_weight: float = 1.0  # with surprise layers: the surprise loss kept beside the tag loss
     steps: int = 800
     batch_size: int = 32
@@ -75,16 +84,18 @@ class PRMTrainConfig:
 
     def apply_quick(self) -> None:
         self.problems, self.samples_per_problem, self.rollouts, self.steps, self.batch_size = 6, 2, 2, 4, 4
-        self.format_steps, self.surprise_steps, self.format_batch_size = 2, 2, 4
+        self.format_steps, self.surprise_steps, self.format_batch_size, self.code_fit_steps = 2, 2, 4, 2
         self.max_solution_tokens = 24
 
     def validate(self) -> None:
         """Refuse a recipe that would fail late (after minutes of labelling) with a clear message."""
         if min(self.problems, self.steps, self.rollouts) < 1 or min(
                 self.perturbed_per_path, self.format_steps, self.surprise_steps, self.surprise_layers,
-                self.tag_layers, self.surprise_weight) < 0:
+                self.tag_layers, self.surprise_weight, self.code_rank, self.code_fit_steps) < 0:
             raise SystemExit("need problems, steps and rollouts >= 1, and perturbed-per-path, format-steps, "
-                             "surprise-steps, surprise-layers, tag-layers and surprise-weight >= 0")
+                             "surprise-steps, surprise-layers, tag-layers, surprise-weight, code-rank and code-fit-steps >= 0")
+        if self.code_rank and not self.surprise_layers:
+            raise SystemExit("--code-rank needs --surprise-layers >= 1 (the layer after it moves the code on)")
         if self.labels_cache is not None and not self.labels_cache.parent.is_dir():
             raise SystemExit(f"no folder {self.labels_cache.parent} for the labels cache")
 
@@ -299,7 +310,7 @@ def tag_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates:
 
 
 def prm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: list[int], n_base: int,
-             tag_weight: float, surprise_weight: float) -> torch.Tensor:
+             tag_weight: float, surprise_weight: float, previous_layer: int | None = None) -> torch.Tensor:
     """Tag loss (Math-Shepherd) plus the surprise loss, from one forward pass.
 
     Surprise loss: at every token the policy wrote, P(+) read there is trained towards the frozen
@@ -308,9 +319,13 @@ def prm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates:
     a PRM cannot learn it from step labels alone (``scripts/prm_learnability.py``: a right token
     and its slip differ only in whether they *agree* with the prediction one position back, an
     XOR that gradient descent does not find), but with a target at every token it does.
+
+    With a code layer (``add_code_layer``), ``previous_layer`` is the layer after it: its heads are
+    also trained to attend to the position just before (``previous_token_loss``), and every position
+    off the solution is trained to read ``+``, so that a tag can pool the path's lowest score.
     """
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=surprise_weight > 0)
+                output_hidden_states=surprise_weight > 0, output_attentions=previous_layer is not None)
     loss = out.logits.new_zeros(())
     if tag_weight:
         at = batch["labels"] != -100
@@ -319,7 +334,13 @@ def prm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates:
         with torch.no_grad():  # the target: its layers are frozen
             p_token = base_token_probs(model, out.hidden_states[n_base], batch["input_ids"])
         at = batch["surprise_mask"]
-        loss = loss + surprise_weight * two_way_loss(out.logits[at], p_token[at], candidates)
+        if previous_layer is None:
+            loss = loss + surprise_weight * two_way_loss(out.logits[at], p_token[at], candidates)
+        else:
+            real = batch["attention_mask"].bool()
+            target = torch.where(at, p_token, torch.ones_like(p_token))
+            loss = loss + surprise_weight * (two_way_loss(out.logits[real], target[real], candidates)
+                                             + previous_token_loss(out.attentions[previous_layer], at))
     return loss
 
 
@@ -363,14 +384,26 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     loss_at = partial(prm_loss, candidates=prm.candidate_ids, n_base=n_base)
     surprise_weight = cfg.surprise_weight if cfg.surprise_layers else 0.0
     if cfg.surprise_layers:  # the base stays frozen; only new layers on top learn
+        n_frozen = n_base
+        if cfg.code_rank:
+            held_out = add_code_layer(model, base_states(model, [e[0] for e in examples], tokenizer.pad_token_id),
+                                      cfg.code_rank, cfg.code_fit_steps, cfg.lr, cfg.seed)
+            print(f"prm: code layer fitted ({cfg.code_rank} numbers, held-out error {held_out:.3f})")
+            n_frozen += 1  # fitted, not trained further
+            model.set_attn_implementation("eager")  # the previous-token loss reads attention weights
+            loss_at = partial(loss_at, previous_layer=n_frozen)
         add_top_layers(model, cfg.surprise_layers)
-        train_only_top(model, n_base)
+        train_only_top(model, n_frozen)
         model.config.surprise_base_layers = n_base  # saved in config.json: where the frozen base ends
         if cfg.surprise_steps:
             train_loop(model, next_batch, partial(loss_at, tag_weight=0.0, surprise_weight=1.0), cfg.surprise_steps,
                        cfg.lr, cfg.out_dir / "surprise_log.jsonl", desc="prm surprise", warmup=30)
         add_top_layers(model, cfg.tag_layers)
-        train_only_top(model, n_base)
+        train_only_top(model, n_frozen)
+        if cfg.code_rank and cfg.tag_layers:  # the tags start by pooling the path's lowest token score
+            tag_layer = len(model.model.layers) - cfg.tag_layers
+            init_min_pool(model, tag_layer, prm.candidate_ids,
+                          states_at_tags(model, tag_layer, [e[0] for e in examples[:300]], prm.step_tag_id))
     losses = train_loop(model, next_batch, partial(loss_at, tag_weight=1.0, surprise_weight=surprise_weight),
                         cfg.steps, cfg.lr, cfg.out_dir / "training_log.jsonl", desc="prm", warmup=30)
     print(f"prm: final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, total {time.time() - start:.0f}s")

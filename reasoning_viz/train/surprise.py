@@ -10,10 +10,12 @@ measures how close a trained PRM gets to it.
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from ..models.scorers import MathShepherdPRM
+from .common import pad_batch
 
 
 def add_top_layers(model: PreTrainedModel, n: int) -> None:
@@ -51,3 +53,132 @@ def base_token_probs(model: PreTrainedModel, base_hidden: torch.Tensor, ids: tor
     p_token = torch.zeros(ids.shape, dtype=probs.dtype)
     p_token[:, 1:] = probs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
     return p_token
+
+
+@torch.no_grad()
+def probability_code(model: PreTrainedModel, normed: torch.Tensor, rank: int) -> tuple[torch.Tensor, ...]:
+    """The best rank-``rank`` linear code of the base's next-token distributions (PCA, in float64):
+    returns (mean, basis, scale) so that ``((probs - mean) @ basis) / scale`` is the code, unit-scaled.
+    ``normed``: final-normed base states, one row per position. ``scripts/surprise_bottleneck.py``
+    measures how much of the surprise a code of this width keeps (64 numbers: nearly all)."""
+    probs = (normed @ model.lm_head.weight.T).softmax(-1).double()
+    mean = probs.mean(0)
+    _, vectors = torch.linalg.eigh((probs - mean).T @ (probs - mean))
+    basis = vectors[:, -rank:].float()
+    scale = ((probs - mean).float() @ basis).std(0) + 1e-8
+    return mean.float(), basis, scale
+
+
+def add_code_layer(model: PreTrainedModel, hidden: torch.Tensor, rank: int, steps: int, lr: float,
+                   seed: int) -> float:
+    """Append a layer whose MLP writes, at every position, a ``rank``-number code of the base's
+    next-token distribution there; its attention writes nothing. The MLP is fitted by plain
+    regression on the base's last hidden states (``hidden``, one row per position), then installed; the held-out error
+    (mean squared, code unit-scaled) is returned.
+
+    Why by regression, outside the model: trained in place through the surprise loss, this code is
+    what gradient descent finds slowest (the next layer then only has to move it one position on,
+    which it learns at once, and compare it with the token there)."""
+    if not 0 < rank <= model.config.vocab_size:
+        raise ValueError(f"the code's rank must be between 1 and the vocabulary size, got {rank}")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        size = hidden.pow(2).mean(-1).sqrt().mean()  # the residual's typical size
+        normed = model.model.norm(hidden[torch.randperm(len(hidden), generator=generator)])
+    mean, basis, scale = probability_code(model, normed[:40_000], rank)
+    with torch.no_grad():
+        target = torch.cat([(((chunk @ model.lm_head.weight.T).softmax(-1) - mean) @ basis) / scale
+                            for chunk in normed.split(20_000)])
+    n_test = max(1, len(normed) // 20)
+    add_top_layers(model, 1)
+    layer = model.model.layers[-1]
+    mlp = layer.mlp
+    readout = torch.nn.Parameter(torch.randn(rank, mlp.down_proj.in_features, generator=generator) * 0.02)
+    fit_params = [mlp.gate_proj.weight, mlp.up_proj.weight, readout]
+
+    def code_of(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), readout)
+
+    opt = torch.optim.AdamW(fit_params, lr=lr, weight_decay=0.0)
+    train_x, train_y = normed[n_test:], target[n_test:]
+    for _ in tqdm(range(steps), desc="prm code fit", dynamic_ncols=True):
+        rows = torch.randint(0, len(train_x), (2048,), generator=generator)
+        loss = (code_of(train_x[rows]) - train_y[rows]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        held_out = (code_of(normed[:n_test]) - target[:n_test]).pow(2).mean().item()
+        # Written into the residual through a fixed random map at the residual's own size, so the
+        # next layers see it beside the base state, not drowned by it.
+        spread = torch.randn(rank, model.config.hidden_size, generator=generator) / rank ** 0.5
+        mlp.down_proj.weight.copy_(size * spread.T @ readout)
+        layer.post_attention_layernorm.weight.copy_(model.model.norm.weight)  # the MLP reads normed states
+    return held_out
+
+
+def previous_token_loss(attentions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of every head's attention against "the position just before", at the
+    positions in ``mask``: the layer after the code layer learns at once to move the code one
+    position on. ``attentions``: (batch, heads, length, length); ``mask``: (batch, length), bool."""
+    previous = torch.diagonal(attentions, offset=-1, dim1=-2, dim2=-1)  # weight on t-1 at query t
+    at = mask[:, None, 1:].expand_as(previous)
+    return -previous[at].clamp(min=1e-6).log().mean()
+
+
+@torch.no_grad()
+def init_min_pool(model: PreTrainedModel, layer_index: int, candidates: list[int], at_tags: torch.Tensor,
+                  sharpness: float = 2.0) -> None:
+    """Set the first attention head of layer ``layer_index`` (a new, zero-initialised one) so that at a
+    tag it adds to P(+)'s logit the *lowest* such logit over the positions up to it: a path is as good
+    as its weakest token, and the layers below score every token. Fine-tuning on the step labels then
+    starts from that, instead of from an attention that averages.
+
+    ``at_tags``: that layer's input (the residual) at tag positions, for the query's direction.
+    ``sharpness``: attention score per unit of logit (high: a hard minimum)."""
+    layer = model.model.layers[layer_index]
+    attention = layer.self_attn
+    head_dim = model.config.head_dim
+    plus, minus = model.lm_head.weight[candidates[0]], model.lm_head.weight[candidates[1]]
+    norm_weight = model.model.norm.weight
+    layer.input_layernorm.weight.copy_(norm_weight)  # so a position's logit is (plus - minus) . input
+    logit_direction = plus - minus
+    normed = layer.input_layernorm(at_tags)
+    query_direction = normed.mean(0) / normed.mean(0).norm()
+    typical = (normed @ query_direction).mean()
+    for proj in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+        proj.weight.zero_()
+    # The slowest rotary pair (the head's last dimension) barely turns over a few hundred tokens, so
+    # the score is the content term alone: sharpness x (minus the position's logit).
+    attention.q_proj.weight[head_dim - 1] = query_direction * sharpness * head_dim ** 0.5 / typical
+    attention.k_proj.weight[head_dim - 1] = -logit_direction
+    attention.v_proj.weight[0] = logit_direction
+    write = norm_weight * logit_direction  # the direction the final norm and head read as the logit
+    size = at_tags.pow(2).mean(-1).sqrt().mean()
+    attention.o_proj.weight[:, 0] = write * size / (write @ write)
+
+
+@torch.no_grad()
+def base_states(model: torch.nn.Module, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """The model's last hidden state before its final norm, at every real position of ``sequences``."""
+    captured: list[torch.Tensor] = []
+    hook = model.model.norm.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    rows = []
+    try:
+        for start in range(0, len(sequences), 32):
+            batch = pad_batch(sequences[start:start + 32], [[] for _ in sequences[start:start + 32]], pad_id)
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            rows.append(captured.pop()[batch["attention_mask"].bool()])
+    finally:
+        hook.remove()
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def states_at_tags(model: torch.nn.Module, layer: int, sequences: list[list[int]], tag_id: int) -> torch.Tensor:
+    """The residual entering ``layer`` at every step tag of ``sequences``."""
+    rows = []
+    for ids in sequences:
+        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        rows.append(out.hidden_states[layer][0][torch.tensor(ids) == tag_id])
+    return torch.cat(rows)

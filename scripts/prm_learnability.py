@@ -42,8 +42,8 @@ from reasoning_viz.problems.tinygsm import EQUATION  # noqa: E402
 from reasoning_viz.train.common import POLICY_DIR, pad_batch, seed_everything, train_loop, use_all_cores  # noqa: E402
 from reasoning_viz.train.evaluate import auroc  # noqa: E402
 from reasoning_viz.train.policy import ProblemStream  # noqa: E402
-from reasoning_viz.train.prm import (SLIP_KINDS, LabeledPath, adapt_to_format, perturb_step,  # noqa: E402
-                                     prm_example, tag_loss)
+from reasoning_viz.train.labels import SLIP_KINDS, LabeledPath, perturb_step  # noqa: E402
+from reasoning_viz.train.prm import adapt_to_format, prm_example, tag_loss  # noqa: E402
 from reasoning_viz.train.surprise import add_top_layers  # noqa: E402
 
 

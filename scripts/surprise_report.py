@@ -41,7 +41,7 @@ from reasoning_viz.problems.grading import answers_match, extract_boxed  # noqa:
 from reasoning_viz.problems.tinygsm import load_test_set, reference_step_labels  # noqa: E402
 from reasoning_viz.train.common import seed_everything, use_all_cores  # noqa: E402
 from reasoning_viz.train.evaluate import auroc  # noqa: E402
-from reasoning_viz.train.prm import split_steps  # noqa: E402
+from reasoning_viz.train.labels import split_steps  # noqa: E402
 from reasoning_viz.train.surprise import base_token_probs, surprise_mask  # noqa: E402
 
 SAMPLES, TEMPERATURE = 16, 1.7  # the evaluation's best-of-16 at the app's default temperature

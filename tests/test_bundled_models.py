@@ -83,7 +83,8 @@ def test_prm_labels_are_rollout_fractions_with_a_first_error_stop(bundled_models
     The same holds for the contrastive copies (one step made wrong, the rest rolled out)."""
     from reasoning_viz.problems.grading import answers_match, extract_boxed
     from reasoning_viz.train.policy import ProblemStream
-    from reasoning_viz.train.prm import PRMTrainConfig, label_paths
+    from reasoning_viz.train.labels import label_paths
+    from reasoning_viz.train.prm import PRMTrainConfig
 
     cfg = PRMTrainConfig(problems=12, samples_per_problem=2, rollouts=3, max_solution_tokens=160,
                          perturbed_per_path=1)

@@ -5,8 +5,8 @@ import random
 import pytest
 
 from reasoning_viz.problems.tinygsm import EQUATION, apply_op
-from reasoning_viz.train.prm import (PRMTrainConfig, adapt_to_format, format_lm_example, gold_format_example,
-                                     load_or_label, perturb_step, prm_loss)
+from reasoning_viz.train.labels import load_or_label, perturb_step
+from reasoning_viz.train.prm import PRMTrainConfig, adapt_to_format, format_lm_example, gold_format_example, prm_loss
 from reasoning_viz.train.surprise import add_top_layers, surprise_mask, train_only_top
 
 
@@ -313,3 +313,5 @@ def test_min_pool_layer_adds_the_lowest_logit_before_a_position():
     # a soft minimum: tracking the lowest logit so far along the sequence, far closer to it than to the mean
     assert torch.corrcoef(torch.stack([added[5:], running_min[5:]]))[0, 1] > 0.9
     assert (added[5:] - running_min[5:]).abs().mean() < 0.5 * (added[5:] - running_mean[5:]).abs().mean()
+    with pytest.raises(ValueError, match="no direction they all share"):
+        init_min_pool(model, 2, [plus, minus], torch.randn(40, 32))  # no shared direction: refused

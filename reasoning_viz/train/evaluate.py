@@ -26,7 +26,7 @@ from ..problems.tinygsm import LEVELS, load_test_set, reference_step_labels
 from ..models.presets import BUNDLED_TEMPERATURE
 from ..tree import aggregate
 from .common import use_all_cores
-from .prm import split_steps
+from .labels import split_steps
 
 KS = (1, 4, 16, 64)
 

@@ -145,7 +145,10 @@ def init_min_pool(model: PreTrainedModel, layer_index: int, candidates: list[int
     logit_direction = plus - minus
     normed = layer.input_layernorm(at_tags)
     query_direction = normed.mean(0) / normed.mean(0).norm()
-    typical = (normed @ query_direction).mean()
+    along = normed @ query_direction
+    if along.min() <= 0:  # a tag whose query pointed the other way would pool the maximum instead
+        raise ValueError("the residual at the tags has no direction they all share to build the pool's query on")
+    typical = along.mean()
     for proj in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
         proj.weight.zero_()
     # The slowest rotary pair (the head's last dimension) barely turns over a few hundred tokens, so
@@ -159,26 +162,23 @@ def init_min_pool(model: PreTrainedModel, layer_index: int, candidates: list[int
 
 
 @torch.no_grad()
-def base_states(model: torch.nn.Module, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
-    """The model's last hidden state before its final norm, at every real position of ``sequences``."""
+def residual_at(model: PreTrainedModel, layer: int, sequences: list[list[int]],
+                pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual entering layer ``layer`` (the number of layers: the final norm) at every real
+    position of ``sequences``, one row each, and the token ids there (to pick rows, e.g. the tags)."""
+    layers = model.model.layers
+    module = layers[layer] if layer < len(layers) else model.model.norm
     captured: list[torch.Tensor] = []
-    hook = model.model.norm.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    rows = []
+    hook = module.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    states, ids = [], []
     try:
         for start in range(0, len(sequences), 32):
-            batch = pad_batch(sequences[start:start + 32], [[] for _ in sequences[start:start + 32]], pad_id)
+            chunk = sequences[start:start + 32]
+            batch = pad_batch(chunk, [[] for _ in chunk], pad_id)
+            real = batch["attention_mask"].bool()
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            rows.append(captured.pop()[batch["attention_mask"].bool()])
+            states.append(captured.pop()[real])
+            ids.append(batch["input_ids"][real])
     finally:
         hook.remove()
-    return torch.cat(rows)
-
-
-@torch.no_grad()
-def states_at_tags(model: torch.nn.Module, layer: int, sequences: list[list[int]], tag_id: int) -> torch.Tensor:
-    """The residual entering ``layer`` at every step tag of ``sequences``."""
-    rows = []
-    for ids in sequences:
-        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-        rows.append(out.hidden_states[layer][0][torch.tensor(ids) == tag_id])
-    return torch.cat(rows)
+    return torch.cat(states), torch.cat(ids)

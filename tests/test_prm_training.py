@@ -97,13 +97,14 @@ def test_labels_cache_is_reused_only_for_the_same_recipe(bundled_models, tmp_pat
 def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
     from reasoning_viz.train.__main__ import main
 
-    with pytest.raises(SystemExit, match="problems, steps and rollouts >= 1"):
-        main(["prm", "--problems", "0", "--out", str(tmp_path)])
+    for flag in ("--problems", "--batch-size"):
+        with pytest.raises(SystemExit, match="problems, steps, rollouts and batch-size >= 1"):
+            main(["prm", flag, "0", "--out", str(tmp_path)])
     for flag in ("--perturbed-per-path", "--format-steps", "--surprise-layers", "--surprise-steps", "--code-rank"):
         with pytest.raises(SystemExit, match="perturbed-per-path, format-steps, surprise-steps, surprise-layers"):
             main(["prm", flag, "-1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--code-rank needs --surprise-layers"):
-        main(["prm", "--code-rank", "8", "--out", str(tmp_path)])
+        main(["prm", "--surprise-layers", "0", "--code-rank", "8", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no folder"):
         main(["prm", "--labels-cache", str(tmp_path / "missing" / "labels.json"), "--out", str(tmp_path)])
     broken = tmp_path / "labels.json"

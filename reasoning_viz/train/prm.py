@@ -10,8 +10,8 @@ Steps 1-2 (the labels) are in ``labels.py``; this file trains on them.
    still reach the gold in one of K rollouts. Hard labels call that step exactly as good as a
    right one; the fraction ranks it well below (measured on 96 training problems against the
    exact step checker: AUROC of the labels themselves 0.971 soft vs 0.962 hard).
-Steps 3 and 4 are options, off in the shipped recipe so far (the PRM's model card says what they
-measured); without them step 5 fine-tunes every layer of the policy's copy.
+Steps 3 and 4 are on in the shipped recipe (the PRM's model card says what each measured); with
+``surprise_layers=0`` step 5 alone fine-tunes every layer of the policy's copy (the first recipe).
 
 3. Teach a copy of the policy the PRM's input format (``format_steps``): next-token training on
    gold solutions written as the PRM reads them (``format_lm_example``), so that it still
@@ -64,17 +64,17 @@ class PRMTrainConfig:
     perturbed_per_path: int = 0  # contrastive copies per path (see contrastive_paths); off in the shipped recipe
     max_solution_tokens: int = 256
     labels_cache: Path | None = None  # reuse the labelled paths from here (written on the first run)
-    # Stages 3-4 (off in the shipped recipe so far; see the PRM's model card for what they measured):
-    format_steps: int = 0  # next-token steps on gold solutions in the PRM's format first (format_lm_example)
+    # Stages 3-4 (the PRM's model card says what each measured):
+    format_steps: int = 200  # next-token steps on gold solutions in the PRM's format first (format_lm_example)
     format_batch_size: int = 32
-    surprise_layers: int = 0  # new top layers that learn the base's per-token surprise (prm_loss)
-    surprise_steps: int = 400  # steps on the surprise loss alone, before the tags are trained
+    surprise_layers: int = 2  # new top layers that learn the base's per-token surprise (prm_loss); 0: none
+    surprise_steps: int = 1000  # steps on the surprise loss alone, before the tags are trained
     tag_layers: int = 1  # with surprise layers: one more new layer, added for the tag training
-    code_rank: int = 0  # with surprise layers: first a layer fitted to write a code of the base's prediction
+    code_rank: int = 64  # with surprise layers: first a layer fitted to write a code of the base's prediction
     code_fit_steps: int = 1500  # regression steps that fit that layer (add_code_layer)
     surprise_weight: float = 1.0  # with surprise layers: the surprise loss kept beside the tag loss
-    steps: int = 800
-    batch_size: int = 32
+    steps: int = 400  # tag steps (the whole fine-tune without surprise layers)
+    batch_size: int = 16  # paths per step, surprise and tag stages
     lr: float = 1e-3
     policy_dir: Path = POLICY_DIR
     out_dir: Path = PRM_DIR
@@ -83,14 +83,15 @@ class PRMTrainConfig:
     def apply_quick(self) -> None:
         self.problems, self.samples_per_problem, self.rollouts, self.steps, self.batch_size = 6, 2, 2, 4, 4
         self.format_steps, self.surprise_steps, self.format_batch_size, self.code_fit_steps = 2, 2, 4, 2
-        self.max_solution_tokens = 24
+        self.max_solution_tokens, self.surprise_layers = 24, min(self.surprise_layers, 1)
+        self.code_rank = min(self.code_rank, 8)
 
     def validate(self) -> None:
         """Refuse a recipe that would fail late (after minutes of labelling) with a clear message."""
-        if min(self.problems, self.steps, self.rollouts) < 1 or min(
+        if min(self.problems, self.steps, self.rollouts, self.batch_size) < 1 or min(
                 self.perturbed_per_path, self.format_steps, self.surprise_steps, self.surprise_layers,
                 self.tag_layers, self.surprise_weight, self.code_rank, self.code_fit_steps) < 0:
-            raise SystemExit("need problems, steps and rollouts >= 1, and perturbed-per-path, format-steps, "
+            raise SystemExit("need problems, steps, rollouts and batch-size >= 1, and perturbed-per-path, format-steps, "
                              "surprise-steps, surprise-layers, tag-layers, surprise-weight, code-rank and "
                              "code-fit-steps >= 0")
         if self.code_rank and not self.surprise_layers:

@@ -1,11 +1,11 @@
 """How far is a surprise-trained PRM from the check it is taught? Three verifiers, one set of samples.
 
-    python scripts/surprise_report.py --prm DIR [--per-level 20] [--seed 0] [--quick]
+    python scripts/surprise_report.py [--prm DIR] [--per-level 20] [--seed 0] [--quick]
 
-DIR is a PRM trained with ``python -m reasoning_viz.train prm --format-steps N --surprise-layers K``:
-its first layers are the format-adapted copy of the policy, frozen, and the layers above it learnt
-the *surprise loss* (``prm_loss``). For held-out problems it samples 16 solutions each at the app's
-temperature and scores every path three ways:
+DIR is a PRM trained with surprise layers (the default recipe of ``python -m reasoning_viz.train prm``,
+so the bundled one too): its first layers are the format-adapted copy of the policy, frozen, and the
+layers above it learnt the *surprise loss* (``prm_loss``). For held-out problems it samples 16 solutions
+each at the app's temperature and scores every path three ways:
 
 1. ``base surprise``: the lowest probability the frozen base gives any token the policy wrote, read
    in the PRM's input format (the running minimum up to each step). This is the target, and the
@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
 from reasoning_viz.models.generator import SamplingParams, StepGenerator  # noqa: E402
-from reasoning_viz.models.loading import BUNDLED_POLICY, load_causal_lm  # noqa: E402
+from reasoning_viz.models.loading import BUNDLED_POLICY, BUNDLED_PRM, load_causal_lm  # noqa: E402
 from reasoning_viz.models.scorers import MathShepherdPRM  # noqa: E402
 from reasoning_viz.problems.grading import answers_match, extract_boxed  # noqa: E402
 from reasoning_viz.problems.tinygsm import load_test_set, reference_step_labels  # noqa: E402
@@ -71,7 +71,7 @@ def running_minima(prm: MathShepherdPRM, n_base: int, question: str, steps: list
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prm", type=Path, required=True, help="a PRM trained with --surprise-layers")
+    ap.add_argument("--prm", type=Path, default=BUNDLED_PRM, help="a PRM with surprise layers (default: bundled)")
     ap.add_argument("--per-level", type=int, default=20, help="held-out problems per level")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="one problem per level, for the tests")

@@ -57,11 +57,11 @@ def corrupted(step: str, kind: str, k: int) -> str:
 def test_prm_prefers_correct_steps_to_corrupted_copies(bundled_models):
     """One score in [0, 1] per step, and the correct step above its corrupted copy more often than chance.
 
-    Measured on this fixed set of 50 held-out problems: 31/50 for a far-off result, 40/50 for garbled
-    text. The bundled PRM is weak at checking arithmetic (issue #2's AUROC target is not met yet); the
-    floors guard what it does do, a little under the measured rates, and fail if it falls to chance.
+    Measured on this fixed set of 50 held-out problems: 50/50 for a far-off result, 49/50 for garbled
+    text (the first, plain fine-tuned PRM: 31/50 and 40/50). The floors sit a little under the measured
+    rates, so a retrained PRM that stops checking results fails here.
     """
-    floors = {"off-by-large": 0.55, "garbled": 0.70}
+    floors = {"off-by-large": 0.9, "garbled": 0.9}
     prm = bundled_models.scorer
     prm.reset()
     problems = [p for p in load_test_set() if p.level >= 2][::10]

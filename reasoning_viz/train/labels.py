@@ -132,8 +132,8 @@ def contrastive_paths(generator: StepGenerator, paths: list, cfg: PRMTrainConfig
     the path, its steps labelled 0 (first-error rule) — so the PRM also sees a slip carried
     through to a well-formed final answer, which is what best-of-N must catch.
     Off in the shipped recipe: measured once, at 500 problems and 400 optimiser steps, the held-out
-    step AUROC was 0.750 (120 problems), under the shipped PRM's 0.805 there (the PRM card lists
-    the other variants tried).
+    step AUROC was 0.750 (120 problems), under the first (plain fine-tuned) PRM's 0.805 there (the PRM
+    card lists the other variants tried).
     """
     jobs = []
     for prob, prompt, steps, labels in paths:

@@ -103,7 +103,8 @@ def test_training_quick_runs_end_to_end(tmp_path):
 
 
 def test_surprise_report_refuses_a_prm_without_the_surprise_layers():
-    run = subprocess.run([sys.executable, "scripts/surprise_report.py", "--prm", "assets/models/tinygsm-prm"],
+    # the policy stands in for a plain fine-tuned PRM (--surprise-layers 0): same shape, no surprise layers
+    run = subprocess.run([sys.executable, "scripts/surprise_report.py", "--prm", "assets/models/tinygsm-policy"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 2 and "not trained with the surprise loss" in run.stderr
 

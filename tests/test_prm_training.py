@@ -105,6 +105,10 @@ def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
             main(["prm", flag, "-1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--code-rank needs --surprise-layers"):
         main(["prm", "--surprise-layers", "0", "--code-rank", "8", "--out", str(tmp_path)])
+    # --surprise-layers 0 alone drops the default code layer with it: validation gets past the code-rank check
+    with pytest.raises(SystemExit, match="no folder"):
+        main(["prm", "--surprise-layers", "0", "--labels-cache", str(tmp_path / "missing" / "labels.json"),
+              "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no folder"):
         main(["prm", "--labels-cache", str(tmp_path / "missing" / "labels.json"), "--out", str(tmp_path)])
     broken = tmp_path / "labels.json"

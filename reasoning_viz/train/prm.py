@@ -10,8 +10,9 @@ Steps 1-2 (the labels) are in ``labels.py``; this file trains on them.
    still reach the gold in one of K rollouts. Hard labels call that step exactly as good as a
    right one; the fraction ranks it well below (measured on 96 training problems against the
    exact step checker: AUROC of the labels themselves 0.971 soft vs 0.962 hard).
-Steps 3 and 4 are on in the shipped recipe (the PRM's model card says what each measured); with
-``surprise_layers=0`` step 5 alone fine-tunes every layer of the policy's copy (the first recipe).
+Steps 3 and 4 are on in the shipped recipe (the PRM's model card says what each measured). With
+``format_steps=0, surprise_layers=0, code_rank=0`` step 5 alone fine-tunes every layer of the policy's
+copy (the first recipe, with ``steps=800, batch_size=32``).
 
 3. Teach a copy of the policy the PRM's input format (``format_steps``): next-token training on
    gold solutions written as the PRM reads them (``format_lm_example``), so that it still

@@ -69,7 +69,7 @@ class PRMTrainConfig:
     format_steps: int = 200  # next-token steps on gold solutions in the PRM's format first (format_lm_example)
     format_batch_size: int = 32
     surprise_layers: int = 2  # new top layers that learn the base's per-token surprise (prm_loss); 0: none
-    surprise_steps: int = 1000  # steps on the surprise loss alone, before the tags are trained
+    surprise_steps: int = 3000  # surprise-loss steps before the tags (1000 gave best-of-16 54%, 3000: 76%)
     tag_layers: int = 1  # with surprise layers: one more new layer, added for the tag training
     code_rank: int = 64  # with surprise layers: first a layer fitted to write a code of the base's prediction
     code_fit_steps: int = 1500  # regression steps that fit that layer (add_code_layer)

@@ -4,16 +4,23 @@ Why it is fast: every frontier node of a search shares the prompt (and often mor
 common prefix is prefilled once; its KV cache is copied to the B nodes, each node's own suffix is
 prefilled in one padded batch (explicit ``position_ids`` keep positions contiguous across the
 padding), and the cache is then repeated K times so all B*K children decode together. Rows that
-finish are dropped from the batch as it shrinks. Nodes stay token ids throughout: nothing is
-re-tokenised from joined strings.
+finish are dropped from the batch as it shrinks. Decoded tokens are written into spare room in the
+cache (``kv_cache.AppendLayer``) rather than concatenated onto it, prefills compute logits for the
+last position only, and when no row is padded no attention mask is passed at all. Nodes stay token
+ids throughout: nothing is re-tokenised from joined strings.
 """
 
 from __future__ import annotations
 
+import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .kv_cache import append_cache
+from .shared_prefix import SharedPrefix, enable_shared_prefix
 
 STEP_DELIMITER = "\n\n"
 
@@ -80,7 +87,8 @@ class StepGenerator:
     """Expands frontier nodes of a search tree with one model, in shared-prefix batches."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 step_delimiter: str = STEP_DELIMITER, memory_budget_mb: float = 1024.0):
+                 step_delimiter: str = STEP_DELIMITER, memory_budget_mb: float = 1024.0,
+                 shared_prefix_attention: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -106,6 +114,11 @@ class StepGenerator:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self._kv_bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+        # Rows read one copy of their common prefix's KV cache, where the architecture allows (shared_prefix.py).
+        self._shared_attention = shared_prefix_attention and enable_shared_prefix(model)
+        # Only the last position's logits are used; most causal LMs can skip the rest of a prefill's.
+        self._last_logits = ({"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters
+                             else {})
 
     # ---- public API -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -173,46 +186,58 @@ class StepGenerator:
             yield lo, min(len(prefixes), lo + per_chunk), 0, k
 
     def _forward(self, ids, mask, positions, cache):
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                          past_key_values=cache, use_cache=True).logits[:, -1, :].float()
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                          use_cache=True, **self._last_logits).logits[:, -1, :].float()
 
     def _expand_chunk(self, prefixes, k, params, generator, forced):
         dev = self.device
         b = len(prefixes)
         # 1. prefill the longest common prefix once (leave >= 1 token per row for step 2)
         shared = min(_common_prefix_length(prefixes), min(len(p) for p in prefixes) - 1)
-        cache = DynamicCache(config=self.model.config)
-        if shared > 0:
-            ids = torch.tensor([prefixes[0][:shared]], device=dev)
-            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
-                       use_cache=True)
-            if b > 1:
-                cache.batch_repeat_interleave(b)
-        # 2. each node's own suffix, left-padded so every row's last real token is at the end
         suffixes = [p[shared:] for p in prefixes]
         width = max(len(s) for s in suffixes)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((b, width), pad, dtype=torch.long)
-        mask = torch.zeros((b, shared + width), dtype=torch.long)
-        mask[:, :shared] = 1
-        pos = torch.zeros((b, width), dtype=torch.long)
-        for i, s in enumerate(suffixes):
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, shared + width - len(s):] = 1
-            pos[i, width - len(s):] = torch.arange(shared, shared + len(s))
-        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
-        logits = self._forward(ids, mask, pos, cache)
-        next_pos = torch.tensor([len(p) for p in prefixes], device=dev)
-        # 3. K children per node share that cache
-        if k > 1:
-            cache.batch_repeat_interleave(k)
-            logits, mask, next_pos = (logits.repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
-                                      next_pos.repeat_interleave(k, 0))
-        rows = b * k
-        forced_first = None
-        if forced is not None:
-            forced_first = torch.tensor([t for node in forced for t in node], device=dev)
-        return self._decode(logits, cache, mask, next_pos, rows, k, params, generator, forced_first)
+        # room for every row's suffix and its whole step, so decoding never reallocates the cache
+        cache = append_cache(self.model.config, reserve=width + params.max_step_tokens)
+        prefix = None
+        if shared > 0:
+            ids = torch.tensor([prefixes[0][:shared]], device=dev)
+            if self._shared_attention:  # the prefix keeps its own batch-1 cache; rows' caches start empty
+                prefix_cache = append_cache(self.model.config, reserve=0)
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=prefix_cache,
+                           use_cache=True, **self._last_logits)
+                prefix = SharedPrefix([(layer.keys, layer.values) for layer in prefix_cache.layers])
+            else:  # the prefix's cache is copied to every row
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                           use_cache=True, **self._last_logits)
+                if b > 1:
+                    cache.batch_repeat_interleave(b)
+        cached = 0 if prefix is not None else shared  # prefix tokens in the rows' own caches
+        with prefix.active() if prefix is not None else nullcontext():
+            # 2. each node's own suffix, left-padded so every row's last real token is at the end
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            ids = torch.full((b, width), pad, dtype=torch.long)
+            mask = torch.zeros((b, cached + width), dtype=torch.long)
+            mask[:, :cached] = 1
+            pos = torch.zeros((b, width), dtype=torch.long)
+            for i, s in enumerate(suffixes):
+                ids[i, width - len(s):] = torch.tensor(s)
+                mask[i, cached + width - len(s):] = 1
+                pos[i, width - len(s):] = torch.arange(shared, shared + len(s))
+            ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+            logits = self._forward(ids, mask, pos, cache)
+            if all(len(s) == width for s in suffixes):
+                mask = None  # nothing padded: a causal model attends to the whole cache, no mask needed
+            next_pos = torch.tensor([len(p) for p in prefixes], device=dev)
+            # 3. K children per node share that cache
+            if k > 1:
+                cache.batch_repeat_interleave(k)
+                logits, next_pos = logits.repeat_interleave(k, 0), next_pos.repeat_interleave(k, 0)
+                mask = None if mask is None else mask.repeat_interleave(k, 0)
+            rows = b * k
+            forced_first = None
+            if forced is not None:
+                forced_first = torch.tensor([t for node in forced for t in node], device=dev)
+            return self._decode(logits, cache, mask, next_pos, rows, k, params, generator, forced_first)
 
     def _sample(self, logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
         if params.temperature == 0:
@@ -266,9 +291,11 @@ class StepGenerator:
             if n_alive <= 0.75 * len(active):  # compact: copying the cache is worth it now
                 keep_dev = alive.nonzero().squeeze(-1).to(dev)
                 cache.batch_select_indices(keep_dev)
-                active, tok, mask, next_pos = active[keep_dev], tok[keep_dev], mask[keep_dev], next_pos[keep_dev]
+                active, tok, next_pos = active[keep_dev], tok[keep_dev], next_pos[keep_dev]
+                mask = None if mask is None else mask[keep_dev]
                 alive = torch.ones(len(active), dtype=torch.bool)
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], 1)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], 1)
             logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
             next_pos = next_pos + 1
         samples = [StepSample(tokens[r], self.tokenizer.decode(tokens[r], skip_special_tokens=True),

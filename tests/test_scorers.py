@@ -33,6 +33,23 @@ def test_prm_with_prefix_cache_matches_the_reference(tiny_models):
     assert all(0.0 <= s <= 1.0 for path in first + second for s in path)
 
 
+def test_prm_cache_matches_the_reference_deep_in_a_search(tiny_models):
+    """Beam-search-like use: siblings of one parent (the shared-prefix path), a child of a child (a stored
+    extension joined), and a batch mixing parents of different depths (each row's prefix copied)."""
+    prm: MathShepherdPRM = tiny_models.scorer
+    prm.reset()
+    path: list[str] = []
+    for depth in range(4):
+        siblings = [path + [f"Step {depth} try {j}: {10 + j} + {depth} = {10 + j + depth}"] for j in range(3)]
+        got = prm.score(Q, siblings)
+        for steps, scores in zip(siblings, got):
+            assert scores == pytest.approx(math_shepherd_reference(prm.model, prm.tokenizer, Q, steps), abs=1e-5)
+        path = siblings[1]  # the beam keeps one and extends it
+    mixed = [path + ["Then: 1 + 1 = 2"], path[:1] + ["Else: 2 + 2 = 4"], ["Fresh: 3 + 3 = 6"]]
+    for steps, scores in zip(mixed, prm.score(Q, mixed)):
+        assert scores == pytest.approx(math_shepherd_reference(prm.model, prm.tokenizer, Q, steps), abs=1e-5)
+
+
 def test_prm_cache_really_skips_the_prefix(tiny_models):
     prm: MathShepherdPRM = tiny_models.scorer
     prm.reset()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter, OrderedDict
+from contextlib import nullcontext
 from typing import Protocol
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..problems.grading import answers_match, extract_boxed, normalize_answer
+from .kv_cache import append_cache
+from .shared_prefix import SharedPrefix, enable_shared_prefix
 
 
 class StepScorer(Protocol):
@@ -62,6 +65,8 @@ class MathShepherdPRM:
         self._cached_bytes = 0
         self._tokens_scored = 0
         self._lock = threading.Lock()  # one model and cache shared by every user of the app
+        # siblings read their parent's cached KV once instead of a copy each (shared_prefix.py)
+        self._shared_attention = enable_shared_prefix(model)
 
     @property
     def tokens_scored(self) -> int:
@@ -105,12 +110,16 @@ class MathShepherdPRM:
             key = tuple(ids[:n])
             if n < len(ids) and key in self._cache:
                 self._cache.move_to_end(key)
-                layers, _, scores = self._cache[key]
+                layers, size, scores = self._cache[key]
+                if isinstance(layers, _Extension):  # joined once, when the path is first extended
+                    layers = layers.joined()
+                    self._cache[key] = (layers, size, scores)
                 return layers, n, scores
         return None, 0, []
 
-    def _store(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], scores: list[float]) -> None:
-        size = sum(k.numel() * k.element_size() * 2 for k, _ in layers)
+    def _store(self, ids: list[int], layers: "list[tuple[torch.Tensor, torch.Tensor]] | _Extension",
+               scores: list[float]) -> None:
+        size = layers.nbytes if isinstance(layers, _Extension) else _nbytes(layers)
         key = tuple(ids)
         if size > self.cache_bytes or key in self._cache:
             return
@@ -145,44 +154,29 @@ class MathShepherdPRM:
         seqs = [self.encode(question, steps) for steps in paths]
         found = [self._lookup(s) for s in seqs]
         cached_len = [n for _, n, _ in found]
-        width_c = max(cached_len)
         new = [s[n:] for s, n in zip(seqs, cached_len)]
         width_n = max(len(x) for x in new)
         rows = len(seqs)
-        # cached prefixes are left-padded to a common width; new tokens are right-padded
-        cache = None
-        if width_c > 0:
-            n_layers = self.model.config.num_hidden_layers
-            data = []
-            for layer in range(n_layers):
-                ks, vs = [], []
-                for (layers, n, _) in found:
-                    if layers is None:
-                        ref_k, ref_v = next(l for l, _, _ in found if l is not None)[layer]
-                        k = ref_k.new_zeros(ref_k.shape[:2] + (width_c,) + ref_k.shape[3:])
-                        v = ref_v.new_zeros(k.shape)
-                    else:
-                        k, v = layers[layer]
-                        pad = width_c - n
-                        if pad:
-                            k = torch.cat([k.new_zeros(k.shape[:2] + (pad,) + k.shape[3:]), k], 2)
-                            v = torch.cat([v.new_zeros(v.shape[:2] + (pad,) + v.shape[3:]), v], 2)
-                    ks.append(k)
-                    vs.append(v)
-                data.append((torch.cat(ks, 0), torch.cat(vs, 0)))
-            cache = DynamicCache(data, config=self.model.config)
+        prefix = None
+        if self._shared_attention and found[0][0] is not None and all(f[0] is found[0][0] for f in found):
+            # one scored prefix for every row (siblings): rows attend to its single copy
+            prefix = SharedPrefix(found[0][0])
+            width_c = 0
+            cache = append_cache(self.model.config, reserve=width_n)
+        else:  # cached prefixes, left-padded to a common width, copied once into each row's cache
+            width_c = max(cached_len)
+            cache = self._row_caches(found, width_c, width_n)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((rows, width_n), pad_id, dtype=torch.long)
         mask = torch.zeros((rows, width_c + width_n), dtype=torch.long)
         pos = torch.zeros((rows, width_n), dtype=torch.long)
         for i, (x, n) in enumerate(zip(new, cached_len)):
             ids[i, :len(x)] = torch.tensor(x)
-            mask[i, width_c - n:width_c + len(x)] = 1
+            mask[i, width_c - (0 if prefix else n):width_c + len(x)] = 1
             pos[i, :len(x)] = torch.arange(n, n + len(x))
-        if cache is None:
-            cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                            past_key_values=cache, use_cache=True).logits
+        with prefix.active() if prefix is not None else nullcontext():
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                                past_key_values=cache, use_cache=True).logits
         self._tokens_scored += sum(len(x) for x in new)
         probs = logits[:, :, self.candidate_ids].float().softmax(-1)[:, :, 0].cpu()
         results = []
@@ -193,11 +187,47 @@ class MathShepherdPRM:
             new_scores = probs[i, :len(new[i])][new_ids == self.step_tag_id].tolist()
             full = prefix_scores + new_scores
             results.append(full)
-            layers = [(layer_k[i:i + 1, :, width_c - n:width_c + len(new[i])].clone(),
-                       layer_v[i:i + 1, :, width_c - n:width_c + len(new[i])].clone())
-                      for layer_k, layer_v in _cache_layers(cache)]
-            self._store(seq, layers, full)
+            # the path's KV: its scored prefix's (kept, not copied), then its own new tokens'
+            own = [(k[i:i + 1, :, width_c:width_c + len(new[i])].clone(),
+                    v[i:i + 1, :, width_c:width_c + len(new[i])].clone()) for k, v in _cache_layers(cache)]
+            self._store(seq, own if found[i][0] is None else _Extension(found[i][0], own), full)
         return results
+
+    def _row_caches(self, found, width_c: int, width_n: int) -> DynamicCache:
+        """A cache holding each row's scored prefix (right-aligned at ``width_c``), with room for ``width_n`` more."""
+        cache = append_cache(self.model.config, reserve=width_n)
+        ref = next((layers for layers, _, _ in found if layers is not None), None)
+        if ref is None:
+            return cache
+        for li, (layer, (ref_k, ref_v)) in enumerate(zip(cache.layers, ref)):
+            keys = ref_k.new_zeros((len(found), ref_k.shape[1], width_c + width_n, ref_k.shape[3]))
+            values = ref_v.new_zeros((len(found), ref_v.shape[1], width_c + width_n, ref_v.shape[3]))
+            for row, (layers, n, _) in enumerate(found):
+                if layers is not None:
+                    keys[row, :, width_c - n:width_c] = layers[li][0][0]
+                    values[row, :, width_c - n:width_c] = layers[li][1][0]
+            layer.load(keys, values, width_c)
+        return cache
+
+
+def _nbytes(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
+class _Extension:
+    """A scored path stored as its parent's KV plus its own tokens' KV, joined only if it is extended.
+
+    Most scored children are never extended (beam search keeps N/M of them; best-of-N none), so
+    copying each one's whole path at store time would cost in proportion to the depth for nothing.
+    ``nbytes`` counts the whole path, as a joined copy would take.
+    """
+
+    def __init__(self, parent: list[tuple[torch.Tensor, torch.Tensor]], own: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.parent, self.own = parent, own
+        self.nbytes = _nbytes(parent) + _nbytes(own)
+
+    def joined(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(self.parent, self.own)]
 
 
 def _cache_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:

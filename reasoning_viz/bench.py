@@ -28,6 +28,23 @@ def random_llama(vocab: int, hidden: int, layers: int, inter: int, heads: int, s
     return LlamaForCausalLM(config).eval()
 
 
+def _interleaved(fns, repeats: int) -> list[list[float]]:
+    """Seconds of each of ``fns`` in every round, the methods taking turns within a round.
+
+    On a shared machine the speed drifts over a minute; timing the methods in turn puts each
+    round's drift on all of them alike, so their ratios hold steadier than back-to-back blocks.
+    """
+    for fn in fns:
+        fn()  # warm-up
+    seconds: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, seconds):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return seconds
+
+
 def _timed(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -84,18 +101,19 @@ def bench_generator(b: int, k: int, prompt_len: int, step_tokens: int, repeats: 
         gen.expand(nodes, k, sampling, generator=g)
 
     children = b * k
-    rows = []
-    for name, fn in (("(a) generate per child", per_child), ("(b) generate per node, num_return_sequences=K", per_node),
-                     ("(c) batched shared-prefix StepGenerator", batched)):
-        t = _timed(fn, repeats)
-        rows.append((name, children * step_tokens / t, children / t))
+    methods = (("(a) generate per child", per_child), ("(b) generate per node, num_return_sequences=K", per_node),
+               ("(c) batched shared-prefix StepGenerator", batched))
+    seconds = _interleaved([fn for _, fn in methods], repeats)
+    rows = [(name, children * step_tokens / statistics.median(ts), children / statistics.median(ts))
+            for (name, _), ts in zip(methods, seconds)]
+    per_round = sorted(a / c for a, c in zip(seconds[0], seconds[2]))  # (c)/(a) within each round
     print(f"\nStep generation: B={b} frontier nodes, K={k} children, {prompt_len}-token prompt, "
           f"{step_tokens}-token steps, random Llama {params_m:.1f}M params, CPU x{torch.get_num_threads()} threads, "
-          f"median of {repeats}")
+          f"median of {repeats} interleaved rounds")
     print("| method | tokens/s | children/s |\n|---|---|---|")
     for name, tps, cps in rows:
         print(f"| {name} | {tps:.0f} | {cps:.1f} |")
-    print(f"| ratio (c)/(a) | {rows[2][1] / rows[0][1]:.1f}x | |")
+    print(f"| ratio (c)/(a) | {rows[2][1] / rows[0][1]:.1f}x (rounds: {per_round[0]:.1f}x to {per_round[-1]:.1f}x) | |")
     print(f"| ratio (c)/(b) | {rows[2][1] / rows[1][1]:.1f}x | |")
     return rows
 
@@ -145,5 +163,5 @@ def run_benchmarks(quick: bool = False) -> None:
         bench_generator(b=2, k=2, prompt_len=32, step_tokens=4, repeats=1)
         bench_prm(depths=(2, 4), k=2, repeats=1)
     else:
-        bench_generator(b=4, k=4, prompt_len=240, step_tokens=32, repeats=3)
+        bench_generator(b=4, k=4, prompt_len=240, step_tokens=32, repeats=5)
         bench_prm(depths=(2, 10), k=4, repeats=5)

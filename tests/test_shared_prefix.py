@@ -7,7 +7,7 @@ from transformers.cache_utils import DynamicLayer
 
 from reasoning_viz.bench import IdTokenizer
 from reasoning_viz.models.generator import SamplingParams, StepGenerator
-from reasoning_viz.models.kv_cache import AppendLayer, append_cache
+from reasoning_viz.models.kv_cache import AppendLayer, append_cache, cache_keyword
 from reasoning_viz.models.shared_prefix import SharedPrefix, enable_shared_prefix, supports_shared_prefix
 
 
@@ -68,11 +68,11 @@ def test_shared_prefix_attention_gives_the_same_logits(kind):
         want = model(input_ids=torch.cat([prefix.expand(3, -1), suffixes], 1), attention_mask=full_mask,
                      position_ids=pos).logits[:, 9:]
         prefix_cache = DynamicCache(config=model.config)
-        model(input_ids=prefix, past_key_values=prefix_cache, use_cache=True)
+        model(input_ids=prefix, use_cache=True, **{cache_keyword(model): prefix_cache})
         shared = SharedPrefix([(layer.keys, layer.values) for layer in prefix_cache.layers])
         with shared.active():
-            got = model(input_ids=suffixes, attention_mask=mask, position_ids=pos[:, 9:],
-                        past_key_values=append_cache(model.config, reserve=0), use_cache=True).logits
+            got = model(input_ids=suffixes, attention_mask=mask, position_ids=pos[:, 9:], use_cache=True,
+                        **{cache_keyword(model): append_cache(model.config, reserve=0)}).logits
     real = mask.bool()
     assert torch.allclose(got[real], want[real], atol=1e-5)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .kv_cache import append_cache
+from .kv_cache import append_cache, cache_keyword
 from .shared_prefix import SharedPrefix, enable_shared_prefix
 
 STEP_DELIMITER = "\n\n"
@@ -114,6 +114,7 @@ class StepGenerator:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self._kv_bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+        self._cache_kw = cache_keyword(model)
         # Rows read one copy of their common prefix's KV cache, where the architecture allows (shared_prefix.py).
         self._shared_attention = shared_prefix_attention and enable_shared_prefix(model)
         # Only the last position's logits are used; most causal LMs can skip the rest of a prefill's.
@@ -186,8 +187,8 @@ class StepGenerator:
             yield lo, min(len(prefixes), lo + per_chunk), 0, k
 
     def _forward(self, ids, mask, positions, cache):
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                          use_cache=True, **self._last_logits).logits[:, -1, :].float()
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **{self._cache_kw: cache}, **self._last_logits).logits[:, -1, :].float()
 
     def _expand_chunk(self, prefixes, k, params, generator, forced):
         dev = self.device
@@ -203,12 +204,12 @@ class StepGenerator:
             ids = torch.tensor([prefixes[0][:shared]], device=dev)
             if self._shared_attention:  # the prefix keeps its own batch-1 cache; rows' caches start empty
                 prefix_cache = append_cache(self.model.config, reserve=0)
-                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=prefix_cache,
-                           use_cache=True, **self._last_logits)
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                           **{self._cache_kw: prefix_cache}, **self._last_logits)
                 prefix = SharedPrefix([(layer.keys, layer.values) for layer in prefix_cache.layers])
             else:  # the prefix's cache is copied to every row
-                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
-                           use_cache=True, **self._last_logits)
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                           **{self._cache_kw: cache}, **self._last_logits)
                 if b > 1:
                     cache.batch_repeat_interleave(b)
         cached = 0 if prefix is not None else shared  # prefix tokens in the rows' own caches

@@ -10,6 +10,8 @@ the sequence axis, so a decode step writes one slot and returns views. The views
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer
@@ -97,3 +99,9 @@ def append_cache(config: PretrainedConfig, reserve: int) -> DynamicCache:
     cache = DynamicCache(config=config)
     cache.layers = [AppendLayer(reserve) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward argument that takes a KV cache: ``cache`` since transformers 5.24 (which deprecates
+    ``past_key_values`` and drops it in 5.40), ``past_key_values`` in the 5.x releases before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

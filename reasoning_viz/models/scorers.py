@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..problems.grading import answers_match, extract_boxed, normalize_answer
-from .kv_cache import append_cache
+from .kv_cache import append_cache, cache_keyword
 from .shared_prefix import SharedPrefix, enable_shared_prefix
 
 
@@ -67,6 +67,7 @@ class MathShepherdPRM:
         self._lock = threading.Lock()  # one model and cache shared by every user of the app
         # siblings read their parent's cached KV once instead of a copy each (shared_prefix.py)
         self._shared_attention = enable_shared_prefix(model)
+        self._cache_kw = cache_keyword(model)
 
     @property
     def tokens_scored(self) -> int:
@@ -145,7 +146,7 @@ class MathShepherdPRM:
         if not ids or tuple(ids) in self._cache:
             return
         cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True)
+        self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, **{self._cache_kw: cache})
         self._tokens_scored += len(ids)
         self._store(ids, [(k.clone(), v.clone()) for k, v in _cache_layers(cache)], [])
 
@@ -176,7 +177,7 @@ class MathShepherdPRM:
             pos[i, :len(x)] = torch.arange(n, n + len(x))
         with prefix.active() if prefix is not None else nullcontext():
             logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                                past_key_values=cache, use_cache=True).logits
+                                use_cache=True, **{self._cache_kw: cache}).logits
         self._tokens_scored += sum(len(x) for x in new)
         probs = logits[:, :, self.candidate_ids].float().softmax(-1)[:, :, 0].cpu()
         results = []

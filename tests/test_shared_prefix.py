@@ -99,3 +99,13 @@ def test_generator_greedy_matches_generate_on_both_paths(kind, shared):
         want = model.generate(torch.tensor([prefix]), attention_mask=torch.ones(1, len(prefix), dtype=torch.long),
                               max_new_tokens=9, do_sample=False, pad_token_id=0, eos_token_id=None)[0, len(prefix):]
         assert all(child.token_ids == want.tolist() for child in children)
+
+
+def test_memory_budget_counts_a_shared_prefix_once():
+    model = tiny("llama")
+    prefixes = [list(range(3, 203)) + [i] for i in range(4)]  # a 200-token prompt, one own token each
+    budget_mb = 0.2  # about 4 rows of 209 tokens in this model's KV cache
+    shared = StepGenerator(model, IdTokenizer(97), memory_budget_mb=budget_mb)._rows_per_chunk(prefixes, 8)
+    copied = StepGenerator(model, IdTokenizer(97), memory_budget_mb=budget_mb,
+                           shared_prefix_attention=False)._rows_per_chunk(prefixes, 8)
+    assert copied == 3 and shared > 16 * copied

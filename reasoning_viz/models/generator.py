@@ -150,7 +150,11 @@ class StepGenerator:
 
     def _rows_per_chunk(self, prefixes: list[list[int]], max_new: int) -> int:
         longest = max(len(p) for p in prefixes) + max_new
-        return max(1, int(self.memory_budget_bytes // (longest * self._kv_bytes_per_token)))
+        shared = 0  # tokens held once for all rows rather than once per row
+        if self._shared_attention:
+            shared = max(0, min(_common_prefix_length(prefixes), min(len(p) for p in prefixes) - 1))
+        per_row = (longest - shared) * self._kv_bytes_per_token
+        return max(1, int((self.memory_budget_bytes - shared * self._kv_bytes_per_token) // per_row))
 
     def _expand_all(self, prefixes, k, params, generator, first_tokens) -> list[list[StepSample]]:
         out: list[list[StepSample]] = []

@@ -1,13 +1,14 @@
 """The batched step generator: K children for each of B frontier nodes in one batched decode.
 
 Why it is fast: every frontier node of a search shares the prompt (and often more), so the longest
-common prefix is prefilled once; its KV cache is copied to the B nodes, each node's own suffix is
-prefilled in one padded batch (explicit ``position_ids`` keep positions contiguous across the
-padding), and the cache is then repeated K times so all B*K children decode together. Rows that
-finish are dropped from the batch as it shrinks. Decoded tokens are written into spare room in the
-cache (``kv_cache.AppendLayer``) rather than concatenated onto it, prefills compute logits for the
-last position only, and when no row is padded no attention mask is passed at all. Nodes stay token
-ids throughout: nothing is re-tokenised from joined strings.
+common prefix is prefilled once, and its KV cache is read once per step by all B*K rows
+(``shared_prefix.py``; for architectures it does not cover, the cache is copied to every row).
+Each node's own suffix is prefilled in one padded batch (explicit ``position_ids`` keep positions
+contiguous across the padding), and that cache is repeated K times so all B*K children decode
+together. Rows that finish are dropped from the batch as it shrinks. Decoded tokens are written
+into spare room in the cache (``kv_cache.AppendLayer``) rather than concatenated onto it, prefills
+compute logits for the last position only, and when no row is padded no attention mask is passed.
+Nodes stay token ids throughout: nothing is re-tokenised from joined strings.
 """
 
 from __future__ import annotations
@@ -203,19 +204,7 @@ class StepGenerator:
         width = max(len(s) for s in suffixes)
         # room for every row's suffix and its whole step, so decoding never reallocates the cache
         cache = append_cache(self.model.config, reserve=width + params.max_step_tokens)
-        prefix = None
-        if shared > 0:
-            ids = torch.tensor([prefixes[0][:shared]], device=dev)
-            if self._shared_attention:  # the prefix keeps its own batch-1 cache; rows' caches start empty
-                prefix_cache = append_cache(self.model.config, reserve=0)
-                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                           **{self._cache_kw: prefix_cache}, **self._last_logits)
-                prefix = SharedPrefix([(layer.keys, layer.values) for layer in prefix_cache.layers])
-            else:  # the prefix's cache is copied to every row
-                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                           **{self._cache_kw: cache}, **self._last_logits)
-                if b > 1:
-                    cache.batch_repeat_interleave(b)
+        prefix = self._prefill_prefix(prefixes[0][:shared], b, cache) if shared > 0 else None
         cached = 0 if prefix is not None else shared  # prefix tokens in the rows' own caches
         with prefix.active() if prefix is not None else nullcontext():
             # 2. each node's own suffix, left-padded so every row's last real token is at the end
@@ -243,6 +232,21 @@ class StepGenerator:
             if forced is not None:
                 forced_first = torch.tensor([t for node in forced for t in node], device=dev)
             return self._decode(logits, cache, mask, next_pos, rows, k, params, generator, forced_first)
+
+    def _prefill_prefix(self, tokens: list[int], rows: int, cache) -> SharedPrefix | None:
+        """Run the rows' common prefix once: into a batch-1 cache of its own that every row will attend
+        to (returned), or, without shared-prefix attention, into ``cache``, then copied to every row."""
+        ids = torch.tensor([tokens], device=self.device)
+        if self._shared_attention:
+            own = append_cache(self.model.config, reserve=0)
+            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                       **{self._cache_kw: own}, **self._last_logits)
+            return SharedPrefix([(layer.keys, layer.values) for layer in own.layers])
+        self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                   **{self._cache_kw: cache}, **self._last_logits)
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return None
 
     def _sample(self, logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
         if params.temperature == 0:

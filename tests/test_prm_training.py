@@ -320,3 +320,52 @@ def test_min_pool_layer_adds_the_lowest_logit_before_a_position():
     assert (added[5:] - running_min[5:]).abs().mean() < 0.5 * (added[5:] - running_mean[5:]).abs().mean()
     with pytest.raises(ValueError, match="no direction they all share"):
         init_min_pool(model, 2, [plus, minus], torch.randn(40, 32))  # no shared direction: refused
+
+
+def test_cached_frozen_part_gives_the_same_loss_and_gradients(tiny_models):
+    """The surprise stage reads the frozen layers' output from a cache computed once; it must train
+    exactly what the full forward did (a code layer's previous-token loss included)."""
+    import copy
+
+    import torch
+
+    from reasoning_viz.train.prm import cached_prm_loss
+    from reasoning_viz.train.surprise import frozen_part
+
+    prm = tiny_models.scorer
+    model = copy.deepcopy(prm.model)
+    n_base = len(model.model.layers)
+    add_top_layers(model, 1)  # stands in for the code layer: frozen with the base
+    n_frozen = n_base + 1
+    add_top_layers(model, 2)
+    model.set_attn_implementation("eager")
+    for layer in model.model.layers[n_base:]:  # new layers that are not the identity any more
+        torch.nn.init.normal_(layer.self_attn.o_proj.weight, std=0.05)
+        torch.nn.init.normal_(layer.mlp.down_proj.weight, std=0.05)
+    train_only_top(model, n_frozen)
+    question = "Mia has 3 apples. She buys 2 more. How many now?"
+    paths = [["3 + 2 = 5", "The answer is \\boxed{5}."], ["3 + 2 = 6", "6 - 1 = 5", "The answer is \\boxed{5}."]]
+    ids = [prm.encode(question, p) for p in paths]
+    width = max(map(len, ids))
+    batch = {"input_ids": torch.zeros(2, width, dtype=torch.long), "attention_mask": torch.zeros(2, width, dtype=torch.long),
+             "labels": torch.full((2, width), -100.0), "surprise_mask": torch.zeros(2, width, dtype=torch.bool),
+             "residual": torch.zeros(2, width, model.config.hidden_size), "p_token": torch.zeros(2, width)}
+    cache = frozen_part(model, n_base, n_frozen, ids, prm.tokenizer.pad_token_id)
+    for row, (seq, (residual, p_token)) in enumerate(zip(ids, cache)):
+        batch["input_ids"][row, :len(seq)] = torch.tensor(seq)
+        batch["attention_mask"][row, :len(seq)] = 1
+        batch["surprise_mask"][row, :len(seq)] = torch.tensor(surprise_mask(prm, question, seq)).bool()
+        tags = [i for i, t in enumerate(seq) if t == prm.step_tag_id]
+        batch["labels"][row, tags] = torch.linspace(0.2, 0.9, len(tags))
+        batch["residual"][row, :len(seq)], batch["p_token"][row, :len(seq)] = residual, p_token
+    grads = []
+    for loss_fn in (lambda: prm_loss(model, batch, prm.candidate_ids, n_base, 1.0, 1.0, previous_layer=n_frozen),
+                    lambda: cached_prm_loss(model, batch, prm.candidate_ids, n_frozen, 1.0, 1.0, previous_layer=n_frozen)):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (full, full_grads), (cached, cached_grads) = grads
+    assert len(model.model.layers) == n_frozen + 2  # the context manager put every layer back
+    assert torch.allclose(full, cached, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full_grads, cached_grads))

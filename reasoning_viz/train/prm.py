@@ -50,8 +50,8 @@ from ..problems.tinygsm import Problem, final_answer_line
 from .labels import LabeledPath, load_or_label
 from .common import POLICY_DIR, PRM_DIR, pad_batch, seed_everything, train_loop, use_all_cores
 from .policy import ProblemStream
-from .surprise import (add_code_layer, add_top_layers, base_token_probs, init_min_pool, previous_token_loss,
-                       residual_at, surprise_mask, train_only_top)
+from .surprise import (add_code_layer, add_top_layers, base_token_probs, frozen_part, init_min_pool,
+                       previous_token_loss, residual_at, surprise_mask, only_layers, train_only_top)
 
 
 @dataclass
@@ -172,21 +172,41 @@ def prm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates:
     """
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 output_hidden_states=surprise_weight > 0, output_attentions=previous_layer is not None)
-    loss = out.logits.new_zeros(())
-    if tag_weight:
-        at = batch["labels"] != -100
-        loss = loss + tag_weight * two_way_loss(out.logits[at], batch["labels"][at], candidates)
+    p_token = None
     if surprise_weight:
         with torch.no_grad():  # the target: its layers are frozen
             p_token = base_token_probs(model, out.hidden_states[n_base], batch["input_ids"])
+    attentions = out.attentions[previous_layer] if previous_layer is not None else None
+    return _loss_terms(out.logits, attentions, p_token, batch, candidates, tag_weight, surprise_weight)
+
+
+def cached_prm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: list[int], n_frozen: int,
+                    tag_weight: float, surprise_weight: float, previous_layer: int | None = None) -> torch.Tensor:
+    """``prm_loss`` with the frozen layers' work read from ``batch`` (``frozen_part``): the trained layers
+    run on the cached residual ``batch["residual"]``, the target is ``batch["p_token"]``."""
+    with only_layers(model, n_frozen):
+        out = model(inputs_embeds=batch["residual"], attention_mask=batch["attention_mask"],
+                    output_attentions=previous_layer is not None)
+    attentions = out.attentions[previous_layer - n_frozen] if previous_layer is not None else None
+    return _loss_terms(out.logits, attentions, batch["p_token"], batch, candidates, tag_weight, surprise_weight)
+
+
+def _loss_terms(logits: torch.Tensor, attentions: torch.Tensor | None, p_token: torch.Tensor | None,
+                batch: dict[str, torch.Tensor], candidates: list[int], tag_weight: float,
+                surprise_weight: float) -> torch.Tensor:
+    loss = logits.new_zeros(())
+    if tag_weight:
+        at = batch["labels"] != -100
+        loss = loss + tag_weight * two_way_loss(logits[at], batch["labels"][at], candidates)
+    if surprise_weight:
         at = batch["surprise_mask"]
-        if previous_layer is None:
-            loss = loss + surprise_weight * two_way_loss(out.logits[at], p_token[at], candidates)
+        if attentions is None:
+            loss = loss + surprise_weight * two_way_loss(logits[at], p_token[at], candidates)
         else:
             real = batch["attention_mask"].bool()
             target = torch.where(at, p_token, torch.ones_like(p_token))
-            loss = loss + surprise_weight * (two_way_loss(out.logits[real], target[real], candidates)
-                                             + previous_token_loss(out.attentions[previous_layer], at))
+            loss = loss + surprise_weight * (two_way_loss(logits[real], target[real], candidates)
+                                             + previous_token_loss(attentions, at))
     return loss
 
 
@@ -217,14 +237,23 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
         ids, targets = prm_example(prm, p)
         examples.append((ids, targets, surprise_mask(prm, p.question, ids)))
     rng = random.Random(cfg.seed)
+    frozen: list[tuple[torch.Tensor, torch.Tensor]] = []  # per example, once the base is frozen (frozen_part)
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
-        chosen = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
+        picks = [rng.randrange(len(examples)) for _ in range(cfg.batch_size)]
+        chosen = [examples[i] for i in picks]
         batch = pad_batch([c[0] for c in chosen], [c[1] for c in chosen], tokenizer.pad_token_id,
                           label_dtype=torch.float)
         batch["surprise_mask"] = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
         for row, c in enumerate(chosen):
             batch["surprise_mask"][row, : len(c[2])] = torch.tensor(c[2], dtype=torch.bool)
+        if frozen:
+            rows, width = batch["input_ids"].shape
+            batch["residual"] = torch.zeros(rows, width, model.config.hidden_size)
+            batch["p_token"] = torch.zeros(rows, width)
+            for row, i in enumerate(picks):
+                residual, p_token = frozen[i]
+                batch["residual"][row, : len(residual)], batch["p_token"][row, : len(p_token)] = residual, p_token
         return batch
 
     loss_at = partial(prm_loss, candidates=prm.candidate_ids, n_base=n_base)
@@ -237,10 +266,13 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
             print(f"prm: code layer fitted ({cfg.code_rank} numbers, held-out error {held_out:.3f})")
             n_frozen += 1  # fitted, not trained further
             model.set_attn_implementation("eager")  # the previous-token loss reads attention weights
-            loss_at = partial(loss_at, previous_layer=n_frozen)
         add_top_layers(model, cfg.surprise_layers)
         train_only_top(model, n_frozen)
         model.config.surprise_base_layers = n_base  # saved in config.json: where the frozen base ends
+        # From here on only layers >= n_frozen change: run the frozen ones once per example, not per batch.
+        frozen.extend(frozen_part(model, n_base, n_frozen, [e[0] for e in examples], tokenizer.pad_token_id))
+        loss_at = partial(cached_prm_loss, candidates=prm.candidate_ids, n_frozen=n_frozen,
+                          previous_layer=n_frozen if cfg.code_rank else None)
         if cfg.surprise_steps:
             train_loop(model, next_batch, partial(loss_at, tag_weight=0.0, surprise_weight=1.0), cfg.surprise_steps,
                        cfg.lr, cfg.out_dir / "surprise_log.jsonl", desc="prm surprise", warmup=30)

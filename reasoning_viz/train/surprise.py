@@ -9,6 +9,9 @@ measures how close a trained PRM gets to it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
@@ -162,23 +165,57 @@ def init_min_pool(model: PreTrainedModel, layer_index: int, candidates: list[int
 
 
 @torch.no_grad()
-def residual_at(model: PreTrainedModel, layer: int, sequences: list[list[int]],
-                pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual entering layer ``layer`` (the number of layers: the final norm) at every real
-    position of ``sequences``, one row each, and the token ids there (to pick rows, e.g. the tags)."""
-    layers = model.model.layers
-    module = layers[layer] if layer < len(layers) else model.model.norm
-    captured: list[torch.Tensor] = []
-    hook = module.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
-    states, ids = [], []
+def layer_inputs(model: PreTrainedModel, layers: list[int], sequences: list[list[int]],
+                 pad_id: int) -> list[list[torch.Tensor]]:
+    """The residual entering each of ``layers`` (the number of layers: the final norm), for every one of
+    ``sequences``: ``out[j][i]`` is layer ``layers[j]``'s input for sequence i, one row per token."""
+    blocks = model.model.layers
+    captured: list[list[torch.Tensor]] = [[] for _ in layers]
+    hooks = [(blocks[index] if index < len(blocks) else model.model.norm).register_forward_pre_hook(
+        lambda _module, args, store=store: store.append(args[0])) for index, store in zip(layers, captured)]
+    out: list[list[torch.Tensor]] = [[] for _ in layers]
     try:
         for start in range(0, len(sequences), 32):
             chunk = sequences[start:start + 32]
             batch = pad_batch(chunk, [[] for _ in chunk], pad_id)
-            real = batch["attention_mask"].bool()
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            states.append(captured.pop()[real])
-            ids.append(batch["input_ids"][real])
+            for store, per_sequence in zip(captured, out):
+                states = store.pop()
+                per_sequence.extend(states[row, :len(seq)].clone() for row, seq in enumerate(chunk))
     finally:
-        hook.remove()
-    return torch.cat(states), torch.cat(ids)
+        for hook in hooks:
+            hook.remove()
+    return out
+
+
+def residual_at(model: PreTrainedModel, layer: int, sequences: list[list[int]],
+                pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual entering layer ``layer`` (the number of layers: the final norm) at every real
+    position of ``sequences``, one row each, and the token ids there (to pick rows, e.g. the tags)."""
+    (states,) = layer_inputs(model, [layer], sequences, pad_id)
+    return torch.cat(states), torch.tensor([t for seq in sequences for t in seq])
+
+
+@torch.no_grad()
+def frozen_part(model: PreTrainedModel, n_base: int, n_frozen: int, sequences: list[list[int]],
+                pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sequence, what the frozen layers give the trained ones, computed once for the whole stage:
+    the residual entering layer ``n_frozen`` (the first trained layer) and the frozen base's probability
+    of every token (the surprise target, read at layer ``n_base``). The frozen layers were half of every
+    training step's time when they ran on each batch."""
+    with only_layers(model, 0, n_frozen):  # the layers above would run for nothing; the norm's input is then
+        base, top = layer_inputs(model, [n_base, n_frozen], sequences, pad_id)  # layer n_frozen's
+    return [(residual, base_token_probs(model, base_state[None], torch.tensor([seq]))[0])
+            for residual, base_state, seq in zip(top, base, sequences)]
+
+
+@contextmanager
+def only_layers(model: PreTrainedModel, start: int, stop: int | None = None) -> Iterator[None]:
+    """Within the block the model runs layers ``start`` to ``stop`` alone (from ``start`` > 0: feed it
+    their input as ``inputs_embeds``); embeddings, final norm and head are unchanged."""
+    every = model.model.layers
+    model.model.layers = every[start:stop]
+    try:
+        yield
+    finally:
+        model.model.layers = every

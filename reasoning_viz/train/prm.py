@@ -50,8 +50,8 @@ from ..problems.tinygsm import Problem, final_answer_line
 from .labels import LabeledPath, load_or_label
 from .common import POLICY_DIR, PRM_DIR, pad_batch, seed_everything, train_loop, use_all_cores
 from .policy import ProblemStream
-from .surprise import (add_code_layer, add_top_layers, base_token_probs, frozen_part, init_min_pool,
-                       previous_token_loss, residual_at, surprise_mask, only_layers, train_only_top)
+from .surprise import (add_code_layer, add_top_layers, base_token_probs, frozen_part, init_min_pool, only_layers,
+                       previous_token_loss, residual_at, surprise_mask, train_only_top)
 
 
 @dataclass

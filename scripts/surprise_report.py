@@ -1,17 +1,18 @@
-"""How far is a surprise-trained PRM from the check it is taught? Three verifiers, one set of samples.
+"""How far is a PRM with a surprise stage from the check it is built to read? Three verifiers, one set of samples.
 
     python scripts/surprise_report.py [--prm DIR] [--per-level 20] [--seed 0] [--quick]
 
-DIR is a PRM trained with surprise layers (the default recipe of ``python -m reasoning_viz.train prm``,
-so the bundled one too): its first layers are the format-adapted copy of the policy, frozen, and the
-layers above it learnt the *surprise loss* (``prm_loss``). For held-out problems it samples 16 solutions
-each at the app's temperature and scores every path three ways:
+DIR is a PRM with a surprise stage (the default recipe of ``python -m reasoning_viz.train prm``, so the
+bundled one too, or the recipe before with ``--surprise-layers``): its first layers are the format-adapted
+copy of the policy, frozen, and the layers above it put that copy's probability of each token into P(+)
+there. For held-out problems it samples 16 solutions each at the app's temperature and scores every path
+three ways:
 
 1. ``base surprise``: the lowest probability the frozen base gives any token the policy wrote, read
    in the PRM's input format (the running minimum up to each step). This is the target, and the
-   ceiling of what the surprise loss can teach.
+   ceiling of what the surprise stage can give.
 2. ``PRM at tokens``: the same running minimum of the PRM's P(+) read at every one of those tokens
-   (what the surprise loss trains directly).
+   (what the surprise stage fits directly).
 3. ``PRM at tags``: P(+) at each step tag, what the app reads (best-of-16 by the last and by the
    weakest step).
 
@@ -82,7 +83,7 @@ def main() -> None:
         ap.error(f"no model at {args.prm}")
     n_base = getattr(AutoConfig.from_pretrained(args.prm), "surprise_base_layers", None)
     if n_base is None:
-        ap.error(f"{args.prm} was not trained with the surprise loss (train it with --surprise-layers)")
+        ap.error(f"{args.prm} has no surprise stage (the default recipe of python -m reasoning_viz.train prm has one)")
     use_all_cores()
     seed_everything(args.seed)
     policy, tokenizer = load_causal_lm(BUNDLED_POLICY)

@@ -82,10 +82,10 @@ def test_training_quick_runs_end_to_end(tmp_path):
         log = [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
         assert log and all("loss" in row for row in log)
     assert (prm / "format_log.jsonl").exists()  # --quick runs the format adaptation too
-    assert (prm / "surprise_log.jsonl").exists()  # ... and the surprise stage
+    assert (prm / "surprise_log.jsonl").exists()  # ... and the surprise stage (the comparison fit's log)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    # the PRM is the policy with new layers on top: the fitted code layer, 1 for the surprise, 1 for the tags
+    # the PRM is the policy with new layers on top: the fitted code and comparison layers, 1 for the tags
     assert AutoConfig.from_pretrained(prm).num_hidden_layers == AutoConfig.from_pretrained(policy).num_hidden_layers + 3
 
     from reasoning_viz.models.scorers import MathShepherdPRM
@@ -103,10 +103,10 @@ def test_training_quick_runs_end_to_end(tmp_path):
 
 
 def test_surprise_report_refuses_a_prm_without_the_surprise_layers():
-    # the policy stands in for a plain fine-tuned PRM (--surprise-layers 0): same shape, no surprise layers
+    # the policy stands in for a plain fine-tuned PRM (--compare-steps 0): same shape, no surprise stage
     run = subprocess.run([sys.executable, "scripts/surprise_report.py", "--prm", "assets/models/tinygsm-policy"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert run.returncode == 2 and "not trained with the surprise loss" in run.stderr
+    assert run.returncode == 2 and "has no surprise stage" in run.stderr
 
 
 def test_prm_learnability_probe_runs_and_reports():

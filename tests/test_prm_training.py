@@ -100,14 +100,21 @@ def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
     for flag in ("--problems", "--batch-size"):
         with pytest.raises(SystemExit, match="problems, steps, rollouts and batch-size >= 1"):
             main(["prm", flag, "0", "--out", str(tmp_path)])
-    for flag in ("--perturbed-per-path", "--format-steps", "--surprise-layers", "--surprise-steps", "--code-rank"):
+    for flag in ("--perturbed-per-path", "--format-steps", "--surprise-layers", "--surprise-steps", "--code-rank",
+                 "--compare-steps"):
         with pytest.raises(SystemExit, match="perturbed-per-path, format-steps, surprise-steps, surprise-layers"):
             main(["prm", flag, "-1", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--code-rank needs --surprise-layers"):
-        main(["prm", "--surprise-layers", "0", "--code-rank", "8", "--out", str(tmp_path)])
-    # --surprise-layers 0 alone drops the default code layer with it: validation gets past the code-rank check
+    with pytest.raises(SystemExit, match="--code-rank needs --compare-steps or --surprise-layers"):
+        main(["prm", "--compare-steps", "0", "--code-rank", "8", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--compare-steps needs --code-rank"):
+        main(["prm", "--code-rank", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="set one of them to 0"):
+        main(["prm", "--surprise-layers", "2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="carries at most 64 numbers"):  # the bundled policy: 2 x 32
+        main(["prm", "--code-rank", "65", "--out", str(tmp_path)])
+    # with neither reader of the surprise the default code layer goes too: validation gets past the code-rank check
     with pytest.raises(SystemExit, match="no folder"):
-        main(["prm", "--surprise-layers", "0", "--labels-cache", str(tmp_path / "missing" / "labels.json"),
+        main(["prm", "--compare-steps", "0", "--labels-cache", str(tmp_path / "missing" / "labels.json"),
               "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no folder"):
         main(["prm", "--labels-cache", str(tmp_path / "missing" / "labels.json"), "--out", str(tmp_path)])
@@ -259,8 +266,9 @@ def test_code_layer_is_fitted_by_regression_and_refuses_a_rank_above_the_vocabul
     with torch.no_grad():
         model.lm_head.weight.mul_(40)  # sharp next-token distributions, as a trained policy's are
     hidden = torch.randn(3000, 32)
-    untrained = add_code_layer(_tiny_llama(), hidden, rank=8, steps=0, lr=3e-3, seed=0)
-    fitted = add_code_layer(model, hidden, rank=8, steps=300, lr=3e-3, seed=0)
+    untrained, _ = add_code_layer(_tiny_llama(), hidden, rank=8, steps=0, lr=3e-3, seed=0)
+    fitted, code = add_code_layer(model, hidden, rank=8, steps=300, lr=3e-3, seed=0)
+    assert code.of(model, model.model.norm(hidden)).shape == (3000, 8)
     assert fitted < 0.5 < untrained  # the code is unit-scaled: 1.0 is what predicting nothing costs
     layer = model.model.layers[-1]
     assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3
@@ -369,3 +377,49 @@ def test_cached_frozen_part_gives_the_same_loss_and_gradients(tiny_models):
     assert len(model.model.layers) == n_frozen + 2  # the context manager put every layer back
     assert torch.allclose(full, cached, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full_grads, cached_grads))
+
+
+def test_comparison_layer_reads_the_base_models_surprise_at_every_token(tmp_path):
+    """The fitted layer must look one position back and put the base's log-odds of the token it sees
+    into the +/- logits; the residual it returns must be what the saved model computes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from reasoning_viz.train.surprise import (LOG_ODDS_RANGE, add_code_layer, add_comparison_layer, frozen_part,
+                                              residual_at)
+
+    torch.manual_seed(0)  # a small vocabulary, so that a 16-number code keeps nearly all of a prediction
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=20, hidden_size=32, intermediate_size=256, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                         tie_word_embeddings=True)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6)  # a confident base, sampled hot below: most tokens likely, some slips
+        ids = torch.randint(5, 20, (120, 1))
+        for _ in range(23):  # sequences the base itself wrote, so that its probability of a token varies
+            logits = model(ids).logits[:, -1] / 1.5
+            ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1)], 1)
+    sequences = ids.tolist()
+    hidden, _ = residual_at(model, 2, sequences, pad_id=0)
+    _, code = add_code_layer(model, hidden, rank=16, steps=400, lr=3e-3, seed=0)
+    frozen = frozen_part(model, 2, 3, sequences, pad_id=0)
+    masks = [[0] + [1] * (len(s) - 1) for s in sequences]
+    codes = code.of(model, model.model.norm(hidden))
+    with pytest.raises(ValueError, match="carries 16 numbers"):  # 2 key/value heads of 8
+        add_comparison_layer(model, [f[0] for f in frozen], [f[1] for f in frozen], masks,
+                             torch.zeros(len(codes), 17), [3, 4], steps=1, lr=3e-3, seed=0)
+    assert len(model.model.layers) == 3  # refused before it added a layer
+    _, leaving = add_comparison_layer(model, [f[0] for f in frozen], [f[1] for f in frozen], masks, codes,
+                                      [3, 4], steps=300, lr=3e-3, seed=0)
+    target = torch.cat([torch.logit(f[1][1:].clamp(1e-6, 1 - 1e-6)) for f in frozen]).clamp(*LOG_ODDS_RANGE)
+    with torch.no_grad():
+        out = model(ids)
+        # the saved model computes the residual the tag training is given
+        assert torch.allclose(out.logits, model.lm_head(model.model.norm(torch.stack(leaving))), atol=1e-4)
+        model.save_pretrained(tmp_path)  # and so does it once saved and loaded
+        saved = LlamaForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+        attention = saved(ids, output_attentions=True).attentions[3]
+        assert torch.allclose(saved(ids).logits, out.logits, atol=1e-5)
+    read = out.logits[:, 1:, 3] - out.logits[:, 1:, 4]
+    assert torch.corrcoef(torch.stack([read.flatten(), target]))[0, 1] > 0.8
+    on_previous = torch.diagonal(attention[:, [0, 2]], offset=-1, dim1=-2, dim2=-1)  # the heads that write
+    assert on_previous.mean() > 0.4  # attention spread evenly over the positions before: 0.12

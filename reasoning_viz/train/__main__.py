@@ -22,13 +22,17 @@ def main(argv: list[str] | None = None) -> None:
                            help="contrastive copies with one step made wrong, per sampled path (default 0)")
             p.add_argument("--format-steps", type=int,
                            help="next-token steps on gold solutions in the PRM's format before the tag training")
-            p.add_argument("--surprise-layers", type=int,
-                           help="new top layers taught the base's per-token surprise, then one more for the tags "
-                                "(default 2; 0: the plain Math-Shepherd fine-tune of every layer)")
-            p.add_argument("--surprise-steps", type=int, help="steps on the surprise loss before the tags train")
             p.add_argument("--code-rank", type=int,
-                           help="with --surprise-layers: first a layer fitted by regression to write this many "
-                                "numbers coding the base's next-token prediction (default 64; 0: none)")
+                           help="first a layer fitted by regression to write this many numbers coding the base's "
+                                "next-token prediction (default 64; 0: none)")
+            p.add_argument("--compare-steps", type=int,
+                           help="regression steps of the layer that reads the base's surprise from that code, "
+                                "before the tag layer (default 4000; 0 with --surprise-layers 0: the plain "
+                                "Math-Shepherd fine-tune of every layer)")
+            p.add_argument("--surprise-layers", type=int,
+                           help="with --compare-steps 0: new top layers trained on the surprise loss instead "
+                                "(the recipe before; default 0)")
+            p.add_argument("--surprise-steps", type=int, help="steps on the surprise loss before the tags train")
             p.add_argument("--batch-size", type=int, help="paths per step in the surprise and tag stages")
             p.add_argument("--labels-cache", type=Path,
                            help="JSON file of labelled paths: reused when it exists, written otherwise")
@@ -69,10 +73,12 @@ def main(argv: list[str] | None = None) -> None:
             cfg.problems = args.problems
         if args.format_steps is not None:
             cfg.format_steps = args.format_steps
+        if args.compare_steps is not None:
+            cfg.compare_steps = args.compare_steps
         if args.surprise_layers is not None:
             cfg.surprise_layers = args.surprise_layers
-            if args.surprise_layers == 0 and args.code_rank is None:
-                cfg.code_rank = 0  # the code layer belongs to the surprise stage
+        if not (cfg.compare_steps or cfg.surprise_layers) and args.code_rank is None:
+            cfg.code_rank = 0  # the code layer belongs to the surprise stage
         if args.surprise_steps is not None:
             cfg.surprise_steps = args.surprise_steps
         if args.code_rank is not None:

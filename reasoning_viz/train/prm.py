@@ -11,26 +11,27 @@ Steps 1-2 (the labels) are in ``labels.py``; this file trains on them.
    right one; the fraction ranks it well below (measured on 96 training problems against the
    exact step checker: AUROC of the labels themselves 0.971 soft vs 0.962 hard).
 Steps 3 and 4 are on in the shipped recipe (the PRM's model card says what each measured). With
-``format_steps=0, surprise_layers=0, code_rank=0`` step 5 alone fine-tunes every layer of the policy's
+``format_steps=0, compare_steps=0, code_rank=0`` step 5 alone fine-tunes every layer of the policy's
 copy (the first recipe, with ``steps=800, batch_size=32``).
 
 3. Teach a copy of the policy the PRM's input format (``format_steps``): next-token training on
    gold solutions written as the PRM reads them (``format_lm_example``), so that it still
    predicts there what it predicts in its own chat format.
-4. Stack new layers on it (``surprise_layers``) and, with the copy frozen, train them on the **surprise loss**
-   (``prm_loss``): at every token the policy wrote, P(``+``) read there is trained towards the
-   copy's own probability of that token. Hot sampling goes wrong through tokens the model itself
-   found unlikely; a PRM cannot learn to notice them from step labels alone (see
-   ``scripts/prm_learnability.py``), but with this target at every token it does.
-   With ``code_rank``, the first new layer is not trained but fitted by regression (``add_code_layer``):
-   its MLP writes, at every position, a short code of the base's next-token prediction; the next
-   layer is pushed to look one position back (``previous_token_loss``), so that the prediction made
-   for a token meets the token itself — the link gradient descent found slowest on its own.
+4. With the copy frozen, put its **surprise** into the PRM: at every token the policy wrote, P(``+``)
+   read there should be the copy's own probability of that token. Hot sampling goes wrong through
+   tokens the model itself found unlikely; a PRM cannot learn to notice them from step labels alone
+   (see ``scripts/prm_learnability.py``). Two new layers, each fitted by regression on cached
+   positions, not trained through a loss at the tags: a code layer (``add_code_layer``, ``code_rank``)
+   whose MLP writes at every position a short code of the copy's next-token prediction, and a
+   comparison layer (``add_comparison_layer``, ``compare_steps``) whose attention carries that code
+   one position on and whose MLP turns code and token into the token's log-odds.
+   The recipe before (``compare_steps=0, surprise_layers=2, surprise_steps=3000``) trained layers
+   above the code layer on the **surprise loss** (``prm_loss``) instead, at a target per token.
 5. (With step 4, one more new layer first.) The Math-Shepherd loss: the two-way softmax over the ``+``/``-``
    logits at each ``ки`` tag trained towards (label, 1 - label) — exactly what Math-Shepherd's
-   inference reads back as P(``+``) — with step 4's surprise loss kept beside it. With a code layer,
-   the tag layer starts as a pool of the path's lowest token score (``init_min_pool``): a path is as
-   good as its weakest token.
+   inference reads back as P(``+``); with trained surprise layers, their surprise loss kept beside it.
+   With a code layer, the tag layer starts as a pool of the path's lowest token score
+   (``init_min_pool``): a path is as good as its weakest token.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..models.generator import StepGenerator
 from ..models.scorers import MathShepherdPRM
@@ -50,8 +51,8 @@ from ..problems.tinygsm import Problem, final_answer_line
 from .labels import LabeledPath, load_or_label
 from .common import POLICY_DIR, PRM_DIR, pad_batch, seed_everything, train_loop, use_all_cores
 from .policy import ProblemStream
-from .surprise import (add_code_layer, add_top_layers, base_token_probs, frozen_part, init_min_pool, only_layers,
-                       previous_token_loss, residual_at, surprise_mask, train_only_top)
+from .surprise import (add_code_layer, add_comparison_layer, add_top_layers, base_token_probs, frozen_part,
+                       init_min_pool, only_layers, previous_token_loss, residual_at, surprise_mask, train_only_top)
 
 
 @dataclass
@@ -68,11 +69,13 @@ class PRMTrainConfig:
     # Stages 3-4 (the PRM's model card says what each measured):
     format_steps: int = 200  # next-token steps on gold solutions in the PRM's format first (format_lm_example)
     format_batch_size: int = 32
-    surprise_layers: int = 2  # new top layers that learn the base's per-token surprise (prm_loss); 0: none
-    surprise_steps: int = 3000  # surprise-loss steps before the tags (1000 gave best-of-16 54%, 3000: 76%)
-    tag_layers: int = 1  # with surprise layers: one more new layer, added for the tag training
-    code_rank: int = 64  # with surprise layers: first a layer fitted to write a code of the base's prediction
-    code_fit_steps: int = 1500  # regression steps that fit that layer (add_code_layer)
+    code_rank: int = 64  # first a layer fitted to write a code of the base's prediction (add_code_layer)
+    code_fit_steps: int = 1500  # regression steps that fit that layer
+    compare_steps: int = 4000  # regression steps of the layer that reads the base's surprise (add_comparison_layer)
+    compare_lr: float = 3e-3
+    surprise_layers: int = 0  # new top layers trained on the surprise loss (prm_loss) instead; the recipe before
+    surprise_steps: int = 3000  # their steps before the tags (1000 gave best-of-16 54%, 3000: 76%)
+    tag_layers: int = 1  # with surprise layers or the comparison: one more new layer, added for the tag training
     surprise_weight: float = 1.0  # with surprise layers: the surprise loss kept beside the tag loss
     steps: int = 400  # tag steps (the whole fine-tune without surprise layers)
     batch_size: int = 16  # paths per step, surprise and tag stages
@@ -85,18 +88,31 @@ class PRMTrainConfig:
         self.problems, self.samples_per_problem, self.rollouts, self.steps, self.batch_size = 6, 2, 2, 4, 4
         self.format_steps, self.surprise_steps, self.format_batch_size, self.code_fit_steps = 2, 2, 4, 2
         self.max_solution_tokens, self.surprise_layers = 24, min(self.surprise_layers, 1)
-        self.code_rank = min(self.code_rank, 8)
+        self.code_rank, self.compare_steps = min(self.code_rank, 8), min(self.compare_steps, 2)
 
     def validate(self) -> None:
         """Refuse a recipe that would fail late (after minutes of labelling) with a clear message."""
         if min(self.problems, self.steps, self.rollouts, self.batch_size) < 1 or min(
                 self.perturbed_per_path, self.format_steps, self.surprise_steps, self.surprise_layers,
-                self.tag_layers, self.surprise_weight, self.code_rank, self.code_fit_steps) < 0:
+                self.tag_layers, self.surprise_weight, self.code_rank, self.code_fit_steps, self.compare_steps) < 0:
             raise SystemExit("need problems, steps, rollouts and batch-size >= 1, and perturbed-per-path, format-steps, "
-                             "surprise-steps, surprise-layers, tag-layers, surprise-weight, code-rank and "
-                             "code-fit-steps >= 0")
-        if self.code_rank and not self.surprise_layers:
-            raise SystemExit("--code-rank needs --surprise-layers >= 1 (the layer after it moves the code on)")
+                             "surprise-steps, surprise-layers, tag-layers, surprise-weight, code-rank, "
+                             "code-fit-steps and compare-steps >= 0")
+        if self.compare_steps and self.surprise_layers:
+            raise SystemExit("--compare-steps and --surprise-layers are two ways to read the surprise: "
+                             "set one of them to 0")
+        if self.code_rank and not (self.surprise_layers or self.compare_steps):
+            raise SystemExit("--code-rank needs --compare-steps or --surprise-layers >= 1 (a layer after it "
+                             "reads the code)")
+        if self.compare_steps and not self.code_rank:
+            raise SystemExit("--compare-steps needs --code-rank >= 1 (it compares a token with that code)")
+        if self.compare_steps:
+            config = AutoConfig.from_pretrained(self.policy_dir)
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            carried = config.num_key_value_heads * head_dim
+            if self.code_rank > carried:
+                raise SystemExit(f"--code-rank {self.code_rank}: the comparison layer's attention carries at "
+                                 f"most {carried} numbers from the position before")
         if self.labels_cache is not None and not self.labels_cache.parent.is_dir():
             raise SystemExit(f"no folder {self.labels_cache.parent} for the labels cache")
 
@@ -258,29 +274,43 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
 
     loss_at = partial(prm_loss, candidates=prm.candidate_ids, n_base=n_base)
     surprise_weight = cfg.surprise_weight if cfg.surprise_layers else 0.0
-    if cfg.surprise_layers:  # the base stays frozen; only new layers on top learn
+    if cfg.surprise_layers or cfg.compare_steps:  # the base stays frozen; only new layers on top learn
         n_frozen = n_base
+        sequences = [e[0] for e in examples]
         if cfg.code_rank:
-            hidden, _ = residual_at(model, n_base, [e[0] for e in examples], tokenizer.pad_token_id)
-            held_out = add_code_layer(model, hidden, cfg.code_rank, cfg.code_fit_steps, cfg.lr, cfg.seed)
+            hidden, _ = residual_at(model, n_base, sequences, tokenizer.pad_token_id)
+            held_out, code = add_code_layer(model, hidden, cfg.code_rank, cfg.code_fit_steps, cfg.lr, cfg.seed)
             print(f"prm: code layer fitted ({cfg.code_rank} numbers, held-out error {held_out:.3f})")
             n_frozen += 1  # fitted, not trained further
-            model.set_attn_implementation("eager")  # the previous-token loss reads attention weights
-        add_top_layers(model, cfg.surprise_layers)
-        train_only_top(model, n_frozen)
         model.config.surprise_base_layers = n_base  # saved in config.json: where the frozen base ends
-        # From here on only layers >= n_frozen change: run the frozen ones once per example, not per batch.
-        frozen.extend(frozen_part(model, n_base, n_frozen, [e[0] for e in examples], tokenizer.pad_token_id))
+        if cfg.compare_steps:
+            frozen.extend(frozen_part(model, n_base, n_frozen, sequences, tokenizer.pad_token_id))
+            held_out, leaving = add_comparison_layer(
+                model, [f[0] for f in frozen], [f[1] for f in frozen], [e[2] for e in examples],
+                code.of(model, model.model.norm(hidden)), prm.candidate_ids, cfg.compare_steps, cfg.compare_lr,
+                cfg.seed, cfg.out_dir / "surprise_log.jsonl")
+            print(f"prm: comparison layer fitted (held-out error {held_out:.3f} in log-odds squared)")
+            frozen[:] = [(after, p_token) for after, (_, p_token) in zip(leaving, frozen)]
+            n_frozen += 1  # fitted, not trained further: the tag layer alone trains on it
+        else:
+            if cfg.code_rank:
+                model.set_attn_implementation("eager")  # the previous-token loss reads attention weights
+            add_top_layers(model, cfg.surprise_layers)
+            train_only_top(model, n_frozen)
+            # From here on only layers >= n_frozen change: run the frozen ones once per example, not per batch.
+            frozen.extend(frozen_part(model, n_base, n_frozen, sequences, tokenizer.pad_token_id))
+        if cfg.code_rank:
+            del hidden
         loss_at = partial(cached_prm_loss, candidates=prm.candidate_ids, n_frozen=n_frozen,
-                          previous_layer=n_frozen if cfg.code_rank else None)
-        if cfg.surprise_steps:
+                          previous_layer=n_frozen if cfg.code_rank and cfg.surprise_layers else None)
+        if cfg.surprise_layers and cfg.surprise_steps:
             train_loop(model, next_batch, partial(loss_at, tag_weight=0.0, surprise_weight=1.0), cfg.surprise_steps,
                        cfg.lr, cfg.out_dir / "surprise_log.jsonl", desc="prm surprise", warmup=30)
         add_top_layers(model, cfg.tag_layers)
         train_only_top(model, n_frozen)
         if cfg.code_rank and cfg.tag_layers:  # the tags start by pooling the path's lowest token score
             tag_layer = len(model.model.layers) - cfg.tag_layers
-            states, ids = residual_at(model, tag_layer, [e[0] for e in examples[:300]], tokenizer.pad_token_id)
+            states, ids = residual_at(model, tag_layer, sequences[:300], tokenizer.pad_token_id)
             init_min_pool(model, tag_layer, prm.candidate_ids, states[ids == prm.step_tag_id])
     losses = train_loop(model, next_batch, partial(loss_at, tag_weight=1.0, surprise_weight=surprise_weight),
                         cfg.steps, cfg.lr, cfg.out_dir / "training_log.jsonl", desc="prm", warmup=30)

@@ -1,15 +1,22 @@
-"""The PRM recipe's optional surprise stage: new layers on a frozen base learn, at every token the
-policy wrote, the base's own probability of that token (see ``prm_loss`` in ``prm.py``).
+"""The PRM recipe's surprise stage: layers on a frozen base that put, at every token the policy wrote,
+the base's own probability of that token into the PRM's P(``+``) there.
 
 Why: at a hot temperature a sample goes wrong through a token the model itself found unlikely, so
 that probability is the check a step needs; step labels alone do not teach it
-(``scripts/prm_learnability.py``), a target at every token does. ``scripts/surprise_report.py``
-measures how close a trained PRM gets to it.
+(``scripts/prm_learnability.py``). The shipped recipe fits two layers by regression, a code of the
+base's prediction (``add_code_layer``) and its comparison with the next token
+(``add_comparison_layer``); the recipe before trained layers on a target at every token instead
+(``prm_loss`` in ``prm.py``). ``scripts/surprise_report.py`` measures how close a PRM gets to it.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -58,10 +65,23 @@ def base_token_probs(model: PreTrainedModel, base_hidden: torch.Tensor, ids: tor
     return p_token
 
 
+@dataclass
+class ProbabilityCode:
+    """A rank-r linear code of the base's next-token distributions (PCA): ``of(model, normed)`` is the
+    unit-scaled code of the distributions the model's head gives the final-normed states ``normed``."""
+    mean: torch.Tensor
+    basis: torch.Tensor
+    scale: torch.Tensor
+
+    @torch.no_grad()
+    def of(self, model: PreTrainedModel, normed: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(((chunk @ model.lm_head.weight.T).softmax(-1) - self.mean) @ self.basis) / self.scale
+                          for chunk in normed.split(20_000)])
+
+
 @torch.no_grad()
-def probability_code(model: PreTrainedModel, normed: torch.Tensor, rank: int) -> tuple[torch.Tensor, ...]:
-    """The best rank-``rank`` linear code of the base's next-token distributions (PCA, in float64):
-    returns (mean, basis, scale) so that ``((probs - mean) @ basis) / scale`` is the code, unit-scaled.
+def probability_code(model: PreTrainedModel, normed: torch.Tensor, rank: int) -> ProbabilityCode:
+    """The best rank-``rank`` linear code of the base's next-token distributions (PCA, in float64).
     ``normed``: final-normed base states, one row per position. ``scripts/surprise_bottleneck.py``
     measures how much of the surprise a code of this width keeps (64 numbers: nearly all)."""
     probs = (normed @ model.lm_head.weight.T).softmax(-1).double()
@@ -69,15 +89,15 @@ def probability_code(model: PreTrainedModel, normed: torch.Tensor, rank: int) ->
     _, vectors = torch.linalg.eigh((probs - mean).T @ (probs - mean))
     basis = vectors[:, -rank:].float()
     scale = ((probs - mean).float() @ basis).std(0) + 1e-8
-    return mean.float(), basis, scale
+    return ProbabilityCode(mean.float(), basis, scale)
 
 
 def add_code_layer(model: PreTrainedModel, hidden: torch.Tensor, rank: int, steps: int, lr: float,
-                   seed: int) -> float:
+                   seed: int) -> tuple[float, ProbabilityCode]:
     """Append a layer whose MLP writes, at every position, a ``rank``-number code of the base's
     next-token distribution there; its attention writes nothing. The MLP is fitted by plain
-    regression on the base's last hidden states (``hidden``, one row per position), then installed; the held-out error
-    (mean squared, code unit-scaled) is returned.
+    regression on the base's last hidden states (``hidden``, one row per position), then installed. Returns
+    the held-out error (mean squared, code unit-scaled) and the code it writes.
 
     Why by regression, outside the model: trained in place through the surprise loss, this code is
     what gradient descent finds slowest (the next layer then only has to move it one position on,
@@ -88,10 +108,8 @@ def add_code_layer(model: PreTrainedModel, hidden: torch.Tensor, rank: int, step
     with torch.no_grad():
         size = hidden.pow(2).mean(-1).sqrt().mean()  # the residual's typical size
         normed = model.model.norm(hidden[torch.randperm(len(hidden), generator=generator)])
-    mean, basis, scale = probability_code(model, normed[:40_000], rank)
-    with torch.no_grad():
-        target = torch.cat([(((chunk @ model.lm_head.weight.T).softmax(-1) - mean) @ basis) / scale
-                            for chunk in normed.split(20_000)])
+    code = probability_code(model, normed[:40_000], rank)
+    target = code.of(model, normed)
     n_test = max(1, len(normed) // 20)
     add_top_layers(model, 1)
     layer = model.model.layers[-1]
@@ -117,7 +135,7 @@ def add_code_layer(model: PreTrainedModel, hidden: torch.Tensor, rank: int, step
         spread = torch.randn(rank, model.config.hidden_size, generator=generator) / rank ** 0.5
         mlp.down_proj.weight.copy_(size * spread.T @ readout)
         layer.post_attention_layernorm.weight.copy_(model.model.norm.weight)  # the MLP reads normed states
-    return held_out
+    return held_out, code
 
 
 def previous_token_loss(attentions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -127,6 +145,144 @@ def previous_token_loss(attentions: torch.Tensor, mask: torch.Tensor) -> torch.T
     previous = torch.diagonal(attentions, offset=-1, dim1=-2, dim2=-1)  # weight on t-1 at query t
     at = mask[:, None, 1:].expand_as(previous)
     return -previous[at].clamp(min=1e-6).log().mean()
+
+
+# The comparison layer's target, log-odds of the base's probability of a token, is clipped: below -6
+# (P < 0.25%) a slip is a slip, above 5 (P > 99.3%) a token is fine; off the solution it is the top.
+LOG_ODDS_RANGE = (-6.0, 5.0)
+PREVIOUS_TOKEN_STEPS = 200  # previous-token loss 4.7 -> 0.014 nats in 200 steps of 16 paths (measured)
+
+
+def add_comparison_layer(model: PreTrainedModel, residuals: list[torch.Tensor], p_token: list[torch.Tensor],
+                         masks: list[list[int]], codes: torch.Tensor, candidates: list[int], steps: int, lr: float,
+                         seed: int, log_path: Path | None = None) -> tuple[float, list[torch.Tensor]]:
+    """Append a layer, above a code layer (``add_code_layer``), that puts at every token the policy wrote
+    the base's own log-odds of that token into the ``+``/``-`` logits: the PRM's reading there is the
+    base's surprise. Built in three fits, none through the surprise loss:
+
+    1. attention: the queries and keys learn to look one position back (``previous_token_loss`` alone);
+       the values are a least-squares decode of the code of the prediction made there (``codes``: its
+       target, one row per position of ``residuals`` in order), written on through a fixed random map;
+    2. MLP: plain regression, so that the final norm and head read at each token the clipped
+       log-odds of ``p_token`` (``LOG_ODDS_RANGE``; the top of it off the solution, ``masks`` = 0).
+
+    ``residuals``: per sequence, the residual entering the new layer (``frozen_part``). Returns the
+    MLP's held-out error (mean squared, in log-odds) and per sequence the residual leaving the layer.
+
+    Why fitted: this layer compares the prediction one position back with the token here, which the
+    surprise loss teaches slowly (3,000 steps of 16 paths, 22 minutes, left it 12 points of
+    best-of-16 short of its target); regression on big batches of cached positions gets further in a
+    third of the time (the PRM's card has the figures)."""
+    config = model.config
+    head_dim, n_kv, n_heads = config.head_dim, config.num_key_value_heads, config.num_attention_heads
+    rank = codes.shape[1]
+    if rank > n_kv * head_dim:
+        raise ValueError(f"the attention carries {n_kv * head_dim} numbers a position, the code has {rank}")
+    generator = torch.Generator().manual_seed(seed)
+    add_top_layers(model, 1)
+    index = len(model.model.layers) - 1
+    layer = model.model.layers[index]
+    attention, mlp = layer.self_attn, layer.mlp
+    for param in model.parameters():
+        param.requires_grad = False
+    implementation = config._attn_implementation
+    model.set_attn_implementation("eager")  # the previous-token loss reads attention weights
+    lengths = [len(r) for r in residuals]
+
+    def batch_of(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(lengths[i] for i in rows)
+        states = torch.zeros(len(rows), width, config.hidden_size)
+        attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for row, i in enumerate(rows):
+            states[row, :lengths[i]], attention_mask[row, :lengths[i]] = residuals[i], 1
+            mask[row, :lengths[i]] = torch.tensor(masks[i], dtype=torch.bool)
+        return states, attention_mask, mask
+
+    # 1. Look one position back.
+    looking = [attention.q_proj.weight, attention.k_proj.weight]
+    for param in looking:
+        param.requires_grad = True
+    opt = torch.optim.AdamW(looking, lr=3e-3, weight_decay=0.0)
+    for _ in tqdm(range(PREVIOUS_TOKEN_STEPS), desc="prm previous-token heads", dynamic_ncols=True):
+        rows = torch.randint(0, len(residuals), (16,), generator=generator).tolist()
+        states, attention_mask, mask = batch_of(rows)
+        with only_layers(model, index):
+            out = model(inputs_embeds=states, attention_mask=attention_mask, output_attentions=True)
+        loss = previous_token_loss(out.attentions[0], mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for param in looking:
+        param.requires_grad = False
+    model.set_attn_implementation(implementation)
+    flat = torch.cat(residuals)
+    with torch.no_grad():  # ... and carry the code of the prediction made there.
+        sample = torch.randperm(len(flat), generator=generator)[:100_000]
+        decode = torch.linalg.lstsq(layer.input_layernorm(flat[sample]), codes[sample]).solution  # (hidden, rank)
+        attention.v_proj.weight.zero_()
+        attention.v_proj.weight[:rank] = decode.T
+        size = flat[sample].pow(2).mean(-1).sqrt().mean()
+        spread = torch.randn(rank, config.hidden_size, generator=generator) / rank ** 0.5
+        group = n_heads // n_kv  # query heads per key/value head; the first of each group writes
+        for kv in range(n_kv):
+            part = spread[kv * head_dim:(kv + 1) * head_dim]
+            attention.o_proj.weight[:, kv * group * head_dim:kv * group * head_dim + len(part)] = size * part.T
+        after_attention = []
+        captured: list[torch.Tensor] = []
+        hook = layer.post_attention_layernorm.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            for start in range(0, len(residuals), 32):
+                rows = list(range(start, min(start + 32, len(residuals))))
+                states, attention_mask, _ = batch_of(rows)
+                with only_layers(model, index):
+                    model(inputs_embeds=states, attention_mask=attention_mask)
+                block = captured.pop()
+                after_attention.extend(block[row, :lengths[i]] for row, i in enumerate(rows))
+        finally:
+            hook.remove()
+    # 2. The MLP, by regression on every position.
+    inputs = torch.cat(after_attention)
+    low, high = LOG_ODDS_RANGE
+    target = torch.cat([torch.where(torch.tensor(m, dtype=torch.bool), torch.logit(p.clamp(1e-6, 1 - 1e-6)),
+                                    torch.tensor(high)) for p, m in zip(p_token, masks)]).clamp(low, high)
+    logit_direction = model.lm_head.weight[candidates[0]] - model.lm_head.weight[candidates[1]]
+
+    def read(rows: torch.Tensor) -> torch.Tensor:  # the +/- logit difference the final norm and head read
+        x = inputs[rows]
+        return model.model.norm(x + mlp(layer.post_attention_layernorm(x))) @ logit_direction
+
+    order = torch.randperm(len(inputs), generator=generator)
+    held_out_rows, train_rows = order[: max(1, len(order) // 20)], order[max(1, len(order) // 20):]
+    fitted = [mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
+    with torch.no_grad():
+        torch.nn.init.normal_(mlp.down_proj.weight, std=0.1 * config.initializer_range)  # zero would stall
+    for param in fitted:
+        param.requires_grad = True
+    opt = torch.optim.AdamW(fitted, lr=lr, weight_decay=0.0)
+    log = open(log_path, "w", encoding="utf-8") if log_path else None
+    started = time.time()
+    bar = tqdm(range(steps), desc="prm comparison fit", dynamic_ncols=True)
+    for step in bar:
+        for group_ in opt.param_groups:  # warm-up, then cosine decay
+            group_["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        rows = train_rows[torch.randint(0, len(train_rows), (4096,), generator=generator)]
+        loss = (read(rows) - target[rows]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if log:
+            log.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"],
+                                  "seconds": round(time.time() - started, 1)}) + "\n")
+    if log:
+        log.close()
+    for param in fitted:
+        param.requires_grad = False
+    with torch.no_grad():
+        held_out = (read(held_out_rows) - target[held_out_rows]).pow(2).mean().item()
+        leaving = inputs + torch.cat([mlp(layer.post_attention_layernorm(chunk)) for chunk in inputs.split(50_000)])
+    return held_out, list(leaving.split(lengths))
 
 
 @torch.no_grad()

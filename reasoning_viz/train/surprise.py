@@ -264,8 +264,8 @@ def add_comparison_layer(model: PreTrainedModel, residuals: list[torch.Tensor], 
     started = time.time()
     bar = tqdm(range(steps), desc="prm comparison fit", dynamic_ncols=True)
     for step in bar:
-        for group_ in opt.param_groups:  # warm-up, then cosine decay
-            group_["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for param_group in opt.param_groups:  # warm-up, then cosine decay
+            param_group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         rows = train_rows[torch.randint(0, len(train_rows), (4096,), generator=generator)]
         loss = (read(rows) - target[rows]).pow(2).mean()
         opt.zero_grad(set_to_none=True)

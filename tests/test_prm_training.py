@@ -94,7 +94,7 @@ def test_labels_cache_is_reused_only_for_the_same_recipe(bundled_models, tmp_pat
         load_or_label(None, cfg)
 
 
-def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
+def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path, capsys):
     from reasoning_viz.train.__main__ import main
 
     for flag in ("--problems", "--batch-size"):
@@ -118,6 +118,12 @@ def test_bad_recipe_or_cache_is_refused_with_a_message(tmp_path):
               "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no folder"):
         main(["prm", "--labels-cache", str(tmp_path / "missing" / "labels.json"), "--out", str(tmp_path)])
+    for argv, message in ((["prm", "--policy", str(tmp_path / "none")], "--policy"),
+                          (["evaluate", "--prm", str(tmp_path / "none")], "--prm"),
+                          (["evaluate", "--samples", "8"], "at least 64 samples")):
+        with pytest.raises(SystemExit) as refused:
+            main(argv)
+        assert refused.value.code == 2 and message in capsys.readouterr().err
     broken = tmp_path / "labels.json"
     broken.write_text("{not json", encoding="utf-8")
     with pytest.raises(SystemExit, match="not a labels cache"):

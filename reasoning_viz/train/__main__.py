@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
+    for flag in ("policy", "prm"):  # a model folder given by hand: refuse a wrong one before minutes of work
+        folder = getattr(args, flag, None)
+        if folder is not None and not (folder / "config.json").is_file():
+            parser.error(f"--{flag} {folder}: no model there (a folder with config.json, as --out writes)")
+    if args.command == "evaluate" and args.samples < 64:
+        parser.error(f"--samples {args.samples}: coverage@64 needs at least 64 samples per problem")
 
     if args.command == "policy":
         from .policy import PolicyTrainConfig, train_policy

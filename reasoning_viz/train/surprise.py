@@ -158,7 +158,7 @@ def add_comparison_layer(model: PreTrainedModel, residuals: list[torch.Tensor], 
                          seed: int, log_path: Path | None = None) -> tuple[float, list[torch.Tensor]]:
     """Append a layer, above a code layer (``add_code_layer``), that puts at every token the policy wrote
     the base's own log-odds of that token into the ``+``/``-`` logits: the PRM's reading there is the
-    base's surprise. Built in three fits, none through the surprise loss:
+    base's surprise. Built in two stages, neither through the surprise loss:
 
     1. attention: the queries and keys learn to look one position back (``previous_token_loss`` alone);
        the values are a least-squares decode of the code of the prediction made there (``codes``: its
@@ -171,8 +171,8 @@ def add_comparison_layer(model: PreTrainedModel, residuals: list[torch.Tensor], 
 
     Why fitted: this layer compares the prediction one position back with the token here, which the
     surprise loss teaches slowly (3,000 steps of 16 paths, 22 minutes, left it 12 points of
-    best-of-16 short of its target); regression on big batches of cached positions gets further in a
-    third of the time (the PRM's card has the figures)."""
+    best-of-16 short of its target); regression on big batches of cached positions gets further in
+    about a quarter of the time (the PRM's card has the figures)."""
     config = model.config
     head_dim, n_kv, n_heads = config.head_dim, config.num_key_value_heads, config.num_attention_heads
     rank = codes.shape[1]

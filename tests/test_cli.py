@@ -33,10 +33,25 @@ def test_eval_prints_a_table(capsys):
     assert "2 held-out problems (levels 1), N=4" in out
     rows = [line for line in out.splitlines() if line.startswith("| Chain of thought (greedy=false) |") or
             line.startswith("| Self-consistency vote |")]
-    assert len(rows) == 2
-    for row in rows:
-        accuracy = float(row.split("|")[2])
-        assert 0.0 <= accuracy <= 100.0
+    assert len(rows) == 2 and all(len(row.split("|")) == 7 for row in rows)  # one level: no level columns
+
+
+def test_eval_counts_each_level_and_the_whole(capsys, bundled_models):
+    from reasoning_viz.problems.tinygsm import load_test_set
+    from reasoning_viz.search import run_search
+
+    assert main(["eval", "--strategy", "cot", "--levels", "1,6", "--limit", "3"]) == 0
+    header, _, row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert "| level 1 | level 6 |" in header
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    problems = [p for level in (1, 6) for p in [q for q in load_test_set() if q.level == level][:3]]
+    right = []
+    for i, p in enumerate(problems):  # the seeds eval gives each problem, in its order
+        tree = run_search(p.question, "cot", bundled_models, seed=i, gold=str(p.answer))
+        chosen = tree.run["selection"]["node_id"]
+        right.append(chosen is not None and bool(tree.node(chosen).correct))
+    assert cells[:4] == ["Chain of thought", f"{100 * sum(right) / 6:.1f}", f"{100 * sum(right[:3]) / 3:.1f}",
+                         f"{100 * sum(right[3:]) / 3:.1f}"]
 
 
 def test_eval_all_names_every_strategy_and_the_sampled_baseline():
@@ -70,92 +85,29 @@ def test_bench_quick_prints_ratios():
     assert "ratio (c)/(a)" in run.stdout and "depth" in run.stdout
 
 
-def test_training_quick_runs_end_to_end(tmp_path):
-    policy, prm = tmp_path / "policy", tmp_path / "prm"
-    for args in (["policy", "--quick", "--out", str(policy)],
-                 ["prm", "--quick", "--policy", str(policy), "--out", str(prm)]):
+def test_training_quick_runs_every_recipe_end_to_end(tmp_path):
+    """--quick: student, larger model, then the PRM built on the larger one and labelled by the student."""
+    student, large, prm = tmp_path / "student", tmp_path / "large", tmp_path / "prm"
+    for args in (["student", "--quick", "--out", str(student)], ["large", "--quick", "--out", str(large)],
+                 ["prm", "--quick", "--student", str(student), "--base", str(large), "--out", str(prm)]):
         run = subprocess.run([sys.executable, "-m", "reasoning_viz.train", *args], capture_output=True, text=True,
                              cwd=ROOT, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
-    for folder in (policy, prm):
+    for folder in (student, large, prm):
         assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
         log = [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
         assert log and all("loss" in row for row in log)
-    assert (prm / "format_log.jsonl").exists()  # --quick runs the format adaptation too
-    assert (prm / "surprise_log.jsonl").exists()  # ... and the surprise stage (the comparison fit's log)
+    assert (prm / "format_log.jsonl").exists() and (prm / "surprise_log.jsonl").exists()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    # the PRM is the policy with new layers on top: the fitted code and comparison layers, 1 for the tags
-    assert AutoConfig.from_pretrained(prm).num_hidden_layers == AutoConfig.from_pretrained(policy).num_hidden_layers + 3
+    # every bundled model shares one tokenizer, built by every recipe alike
+    assert AutoTokenizer.from_pretrained(student).get_vocab() == AutoTokenizer.from_pretrained(large).get_vocab()
+    # the PRM is the larger model with new layers on top: the fitted code and comparison layers, 1 for the tags
+    assert AutoConfig.from_pretrained(prm).num_hidden_layers == AutoConfig.from_pretrained(large).num_hidden_layers + 3
+    assert AutoConfig.from_pretrained(prm).surprise_base_layers == AutoConfig.from_pretrained(large).num_hidden_layers
 
     from reasoning_viz.models.scorers import MathShepherdPRM
 
     prm_model = MathShepherdPRM(AutoModelForCausalLM.from_pretrained(prm), AutoTokenizer.from_pretrained(prm))
     scores = prm_model.score("Mia has 3 apples.", [["3 + 1 = 4", "The answer is \\boxed{4}."]])
     assert len(scores[0]) == 2
-    assert AutoConfig.from_pretrained(prm).surprise_base_layers == AutoConfig.from_pretrained(policy).num_hidden_layers
-    report = subprocess.run([sys.executable, "scripts/surprise_report.py", "--quick", "--prm", str(prm)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert report.returncode == 0, report.stderr[-3000:]
-    for line in ("majority@16:", "base surprise", "PRM at tokens", "PRM at tags"):
-        assert line in report.stdout
-    assert "step AUROC" in report.stdout and "nan" not in report.stdout
-
-
-def test_surprise_report_refuses_a_prm_without_the_surprise_layers():
-    # the policy stands in for a plain fine-tuned PRM (--compare-steps 0): same shape, no surprise stage
-    run = subprocess.run([sys.executable, "scripts/surprise_report.py", "--prm", "assets/models/tinygsm-policy"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert run.returncode == 2 and "has no surprise stage" in run.stderr
-
-
-def test_prm_learnability_probe_runs_and_reports():
-    run = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--quick", "--paired", "--adapt", "1"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    for line in ("result digits right:", "after 1 adaptation steps:", "its own next-token probability",
-                 "final loss", "held out: correct step above"):
-        assert line in run.stdout, run.stdout
-    at_slip = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--quick", "--at-slip", "--extra-layers", "1"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert at_slip.returncode == 0 and "held out: correct step above" in at_slip.stdout, at_slip.stderr[-3000:]
-    bad = subprocess.run([sys.executable, "scripts/prm_learnability.py", "--lr", "0"], capture_output=True,
-                         text=True, cwd=ROOT, timeout=120)
-    assert bad.returncode == 2 and "--lr must be positive" in bad.stderr
-
-
-def test_surprise_bottleneck_at_full_rank_reproduces_the_exact_figures():
-    run = subprocess.run([sys.executable, "scripts/surprise_bottleneck.py", "--quick", "--ranks", "8,641"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    figures = {line.split("best-of-16")[0].strip(): line.split("best-of-16")[1]
-               for line in run.stdout.splitlines() if "best-of-16" in line}
-    assert set(figures) == {"exact distribution", "rank-8 code (in-sample PCA)", "rank-8 code, float32",
-                            "rank-641 code (in-sample PCA)", "rank-641 code, float32"}
-    # A full-rank code loses nothing: same best-of-16 and AUROC as the exact distribution.
-    assert figures["rank-641 code (in-sample PCA)"] == figures["exact distribution"]
-    # ...and a small one does lose something, so the reconstruction is really used.
-    assert figures["rank-8 code (in-sample PCA)"] != figures["exact distribution"]
-    assert "nan" not in run.stdout
-    bad = subprocess.run([sys.executable, "scripts/surprise_bottleneck.py", "--ranks", "a,b"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert bad.returncode == 2 and "--ranks must be comma-separated integers" in bad.stderr
-    too_big = subprocess.run([sys.executable, "scripts/surprise_bottleneck.py", "--ranks", "642"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert too_big.returncode == 2 and "at most the vocabulary size, 641" in too_big.stderr
-
-
-def test_surprise_bottleneck_steps_line_up_with_their_tokens():
-    import importlib.util
-
-    from reasoning_viz.models.loading import BUNDLED_POLICY, load_causal_lm
-
-    spec = importlib.util.spec_from_file_location("surprise_bottleneck", ROOT / "scripts" / "surprise_bottleneck.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _, tokenizer = load_causal_lm(BUNDLED_POLICY)
-    text = "Buys 4: 12 + 4 = 16\n\nThe answer is \\boxed{16}."
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    steps, ends = module.steps_and_ends(tokenizer, ids)
-    assert steps == ["Buys 4: 12 + 4 = 16", "The answer is \\boxed{16}."]
-    assert tokenizer.decode(ids[: ends[0]]) == steps[0] and ends[-1] == len(ids)

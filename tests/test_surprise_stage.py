@@ -1,9 +1,8 @@
-"""The PRM recipe's surprise stage: new top layers, the surprise loss, the fitted code and comparison
-layers, the min-pool tag layer, and the cache of the frozen layers' output."""
+"""The PRM recipe's verifier layers: new top layers, the fitted code and comparison layers, the
+min-pool tag layer, and the cache of the frozen layers' output."""
 
 import pytest
 
-from reasoning_viz.train.prm import prm_loss
 from reasoning_viz.train.surprise import add_top_layers, surprise_mask, train_only_top
 
 
@@ -37,30 +36,6 @@ def test_surprise_mask_marks_only_the_tokens_the_policy_wrote(tiny_models):
     tags = [i for i, t in enumerate(ids) if t == prm.step_tag_id]
     assert len(tags) == 2 and not any(mask[i] or mask[i + 1] for i in tags[:-1]) and not mask[tags[-1]]
     assert sum(mask) > 0 and all(mask[i] for i in range(start, tags[0]))
-
-
-def test_surprise_loss_targets_the_base_models_own_token_probability(tiny_models):
-    import copy
-
-    import torch
-
-    prm = tiny_models.scorer
-    model = copy.deepcopy(prm.model)
-    n_base = len(model.model.layers)
-    add_top_layers(model, 1)  # still the identity: the final logits are the base's
-    question, steps = "Mia has 3 apples. How many now?", ["3 + 1 = 4", "The answer is \\boxed{4}."]
-    ids = prm.encode(question, steps)
-    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-             "labels": torch.full((1, len(ids)), -100.0),
-             "surprise_mask": torch.tensor([surprise_mask(prm, question, ids)]).bool()}
-    loss = prm_loss(model, batch, prm.candidate_ids, n_base, tag_weight=0.0, surprise_weight=1.0)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0]
-    at = [i for i, m in enumerate(batch["surprise_mask"][0]) if m]
-    p_token = torch.stack([logits[i - 1].softmax(-1)[ids[i]] for i in at])
-    two_way = logits[at][:, prm.candidate_ids].log_softmax(-1)
-    expected = -(p_token * two_way[:, 0] + (1 - p_token) * two_way[:, 1]).mean()
-    assert torch.allclose(loss, expected, atol=1e-5)
 
 
 def test_only_the_top_layers_train(tiny_models):
@@ -164,23 +139,22 @@ def test_min_pool_layer_adds_the_lowest_logit_before_a_position():
         init_min_pool(model, 2, [plus, minus], torch.randn(40, 32))  # no shared direction: refused
 
 
-def test_cached_frozen_part_gives_the_same_loss_and_gradients(tiny_models):
-    """The surprise stage reads the frozen layers' output from a cache computed once; it must train
-    exactly what the full forward did (a code layer's previous-token loss included)."""
+def test_tag_loss_on_the_cached_frozen_part_equals_the_full_forward(tiny_models):
+    """The tag layer trains on the frozen layers' output computed once (``frozen_part``); it must train
+    exactly what the full forward's Math-Shepherd loss would, loss and gradients alike."""
     import copy
 
     import torch
 
-    from reasoning_viz.train.prm import cached_prm_loss
+    from reasoning_viz.train.prm import tag_loss, two_way_loss
     from reasoning_viz.train.surprise import frozen_part
 
     prm = tiny_models.scorer
     model = copy.deepcopy(prm.model)
     n_base = len(model.model.layers)
-    add_top_layers(model, 1)  # stands in for the code layer: frozen with the base
-    n_frozen = n_base + 1
-    add_top_layers(model, 2)
-    model.set_attn_implementation("eager")
+    add_top_layers(model, 2)  # stand in for the fitted layers: frozen with the base
+    n_frozen = n_base + 2
+    add_top_layers(model, 1)
     for layer in model.model.layers[n_base:]:  # new layers that are not the identity any more
         torch.nn.init.normal_(layer.self_attn.o_proj.weight, std=0.05)
         torch.nn.init.normal_(layer.mlp.down_proj.weight, std=0.05)
@@ -190,25 +164,28 @@ def test_cached_frozen_part_gives_the_same_loss_and_gradients(tiny_models):
     ids = [prm.encode(question, p) for p in paths]
     width = max(map(len, ids))
     batch = {"input_ids": torch.zeros(2, width, dtype=torch.long), "attention_mask": torch.zeros(2, width, dtype=torch.long),
-             "labels": torch.full((2, width), -100.0), "surprise_mask": torch.zeros(2, width, dtype=torch.bool),
-             "residual": torch.zeros(2, width, model.config.hidden_size), "p_token": torch.zeros(2, width)}
+             "labels": torch.full((2, width), -100.0), "residual": torch.zeros(2, width, model.config.hidden_size)}
     cache = frozen_part(model, n_base, n_frozen, ids, prm.tokenizer.pad_token_id)
-    for row, (seq, (residual, p_token)) in enumerate(zip(ids, cache)):
+    for row, (seq, (residual, _)) in enumerate(zip(ids, cache)):
         batch["input_ids"][row, :len(seq)] = torch.tensor(seq)
         batch["attention_mask"][row, :len(seq)] = 1
-        batch["surprise_mask"][row, :len(seq)] = torch.tensor(surprise_mask(prm, question, seq)).bool()
         tags = [i for i, t in enumerate(seq) if t == prm.step_tag_id]
         batch["labels"][row, tags] = torch.linspace(0.2, 0.9, len(tags))
-        batch["residual"][row, :len(seq)], batch["p_token"][row, :len(seq)] = residual, p_token
+        batch["residual"][row, :len(seq)] = residual
+
+    def full_forward():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        at = batch["labels"] != -100
+        return two_way_loss(logits[at], batch["labels"][at], prm.candidate_ids)
+
     grads = []
-    for loss_fn in (lambda: prm_loss(model, batch, prm.candidate_ids, n_base, 1.0, 1.0, previous_layer=n_frozen),
-                    lambda: cached_prm_loss(model, batch, prm.candidate_ids, n_frozen, 1.0, 1.0, previous_layer=n_frozen)):
+    for loss_fn in (full_forward, lambda: tag_loss(model, batch, prm.candidate_ids, n_frozen)):
         model.zero_grad(set_to_none=True)
         loss = loss_fn()
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     (full, full_grads), (cached, cached_grads) = grads
-    assert len(model.model.layers) == n_frozen + 2  # the context manager put every layer back
+    assert len(model.model.layers) == n_frozen + 1  # the context manager put every layer back
     assert torch.allclose(full, cached, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full_grads, cached_grads))
 

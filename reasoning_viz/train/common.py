@@ -1,4 +1,4 @@
-"""What the policy and PRM training share: the model shape, seeding, the optimiser loop and its log."""
+"""What the recipes share: the model shapes, seeding, the optimiser loop and its log."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
-POLICY_DIR = ASSETS / "tinygsm-policy"
-PRM_DIR = ASSETS / "tinygsm-prm"
 
 
 def seed_everything(seed: int) -> None:
@@ -30,9 +27,24 @@ def use_all_cores() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
-def small_llama(tokenizer: PreTrainedTokenizerBase, quick: bool = False) -> LlamaForCausalLM:
-    """The bundled models' architecture: a ~3M-parameter Llama with grouped-query attention (a toy one under ``quick``)."""
-    hidden, layers, heads, inter = (32, 1, 2, 64) if quick else (256, 4, 8, 704)
+@dataclass(frozen=True)
+class LlamaSize:
+    """A small Llama's shape: width, depth, attention heads (a quarter as many key/value heads), MLP width."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+LARGE_SIZE = LlamaSize(256, 4, 8, 704)  # ~3M parameters; the PRM is built on these layers
+STUDENT_SIZE = LlamaSize(192, 2, 4, 512)  # ~1M: about a third of the larger model
+TOY_SIZE = LlamaSize(32, 1, 2, 64)  # ``--quick`` runs in the tests
+
+
+def small_llama(tokenizer: PreTrainedTokenizerBase, size: LlamaSize) -> LlamaForCausalLM:
+    """A fresh Llama of the given ``size`` with grouped-query attention and tied embeddings."""
+    hidden, layers, heads, inter = size.hidden, size.layers, size.heads, size.intermediate
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 4),

@@ -1,25 +1,35 @@
-"""Math-Shepherd's labels for the PRM: sample our policy's solutions, label every step by
-Monte-Carlo rollouts (soft estimation; ``prm.py`` says why), optionally add contrastive copies with one
-step made wrong, and cache the result so training variants can be compared without relabelling."""
+"""Math-Shepherd's labels for the PRM: sample the student's solutions, label every step by Monte-Carlo
+rollouts *of the student* (soft estimation; ``prm.py`` says why), and cache the result, so that the
+PRM's training stages can be re-run without relabelling."""
 
 from __future__ import annotations
 
 import json
-import random
-import re
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..models.generator import SamplingParams, StepGenerator, encode_steps
+from ..models.presets import BUNDLED_STUDENT, BUNDLED_TEMPERATURE
 from ..problems.grading import answers_match, extract_boxed
-from ..problems.tinygsm import EQUATION, apply_op
 from .policy import ProblemStream
 
-if TYPE_CHECKING:  # only for annotations: prm.py imports this module
-    from .prm import PRMTrainConfig
+
+@dataclass
+class LabelConfig:
+    """How the PRM's training paths are sampled and labelled."""
+
+    seed: int = 0
+    problems: int = 1500  # training problems to sample solutions for
+    samples_per_problem: int = 2
+    temperature: float = BUNDLED_TEMPERATURE  # samples and rollouts, as the app samples the student
+    rollouts: int = 6  # K completions per step
+    max_solution_tokens: int = 256
+    student_dir: Path = BUNDLED_STUDENT
+    cache: Path | None = None  # reuse the labelled paths from here (written on the first run)
 
 
 def split_steps(solution: str) -> list[str]:
@@ -34,45 +44,8 @@ class LabeledPath:
     labels: list[float]  # per step: fraction of rollouts reaching the gold answer, the target P(+)
 
 
-SLIP_KINDS = ("result", "result", "operand", "operation", "carried")  # a wrong result twice as often
-
-
-def perturb_step(step: str, rng: random.Random, kinds: tuple[str, ...] = SLIP_KINDS) -> str | None:
-    """A plausible wrong version of a working step ``words: a op b = c``, or None if it has no equation.
-
-    The kinds of slip the policy makes when sampled hot: a wrong result (``11 - 7 = 3``); a wrong
-    operand, in the words too, with the arithmetic then right (``3 times as many: 1 * 3 = 3`` when
-    the question says 4 times); the wrong operation; the wrong running value carried in. Only the
-    rollouts decide how wrong the copy is; this only proposes it. ``kinds`` picks among them
-    (``("result",)``: only a wrong result, with the equation's operands unchanged).
-    """
-    m = EQUATION.search(step)
-    if m is None:
-        return None
-    a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-    a2, op2, b2, c2 = a, op, b, c
-    kind = rng.choice(kinds)
-    if kind == "operand" and op != "/":
-        b2 = max(1, b + rng.choice((-3, -2, -1, 1, 2, 3)))
-        c2 = apply_op(a, op, b2)
-    elif kind == "operation" and op in "+-":
-        op2 = "-" if op == "+" else "+"
-        c2 = apply_op(a, op2, b)
-    elif kind == "carried" and op != "/":
-        a2 = max(0, a + rng.choice((-10, -5, -2, -1, 1, 2, 5, 10)))
-        c2 = apply_op(a2, op, b)
-    if c2 < 0 or c2 == c:  # a wrong result (also the fallback when the kind above does not apply)
-        a2, op2, b2 = a, op, b
-        d = rng.choice((-10, -2, -1, 1, 2, 10))
-        c2 = c + d if c + d >= 0 else c - d
-    words = step[: m.start()]
-    if b2 != b:
-        words = re.sub(rf"\b{b}\b", str(b2), words, count=1)
-    return f"{words}{a2} {op2} {b2} = {c2}{step[m.end():]}"
-
-
-def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: PRMTrainConfig) -> list[LabeledPath]:
-    """Sample policy solutions and label each step by MC rollouts (soft estimation).
+def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: LabelConfig) -> list[LabeledPath]:
+    """Sample the student's solutions and label each step by its MC rollouts (soft estimation).
 
     Steps are rolled out depth by depth; once no rollout from a step reaches the gold answer, the
     later steps of that path are labelled 0 without rollouts (they build on a result nothing
@@ -82,11 +55,9 @@ def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: PRMTrainCo
     """
     tok = generator.tokenizer
     rng = torch.Generator().manual_seed(cfg.seed)
-    pick = random.Random(cfg.seed)
-    sample = SamplingParams(temperature=cfg.sample_temperature, max_step_tokens=cfg.max_solution_tokens,
+    # samples and rollouts at the temperature the app samples the student at: score what users see
+    sample = SamplingParams(temperature=cfg.temperature, max_step_tokens=cfg.max_solution_tokens,
                             stop_at_step=False)
-    rollout = SamplingParams(temperature=cfg.rollout_temperature, max_step_tokens=cfg.max_solution_tokens,
-                             stop_at_step=False)
     problems = [stream.next() for _ in range(cfg.problems)]
     per_call = 24
     labeled: list[LabeledPath] = []
@@ -107,7 +78,7 @@ def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: PRMTrainCo
             if not owners:
                 break
             prefixes = [paths[i][1] + encode_steps(tok, paths[i][2][: depth + 1]) for i in owners]
-            rollouts = generator.expand(prefixes, cfg.rollouts, rollout, generator=rng)
+            rollouts = generator.expand(prefixes, cfg.rollouts, sample, generator=rng)
             pending = []
             for i, rolls in zip(owners, rollouts):
                 gold = paths[i][0].answer
@@ -117,61 +88,32 @@ def label_paths(generator: StepGenerator, stream: ProblemStream, cfg: PRMTrainCo
                     pending.append(i)
             depth += 1
         labeled.extend(LabeledPath(p.question, steps, labels) for p, _, steps, labels in paths)
-        labeled.extend(contrastive_paths(generator, paths, cfg, rollout, rng, pick))
     return labeled
 
 
-def contrastive_paths(generator: StepGenerator, paths: list, cfg: PRMTrainConfig, rollout: SamplingParams,
-                      rng: torch.Generator, pick: random.Random) -> list[LabeledPath]:
-    """For labelled paths, copies with one plausible step made wrong (``perturb_step``), labelled alike.
-
-    Why: sampled paths rarely differ only in one number, so the PRM learnt to spot garbled text
-    but not bad arithmetic (it scored ``15 + 4 = 29`` like ``15 + 4 = 19``). A copy keeps the steps
-    before the changed one with their labels; the changed step's label is the fraction of K
-    rollouts from it that reach the gold answer. When none does, one rollout becomes the rest of
-    the path, its steps labelled 0 (first-error rule) — so the PRM also sees a slip carried
-    through to a well-formed final answer, which is what best-of-N must catch.
-    Off in the shipped recipe: measured once, at 500 problems and 400 optimiser steps, the held-out
-    step AUROC was 0.750 (120 problems), under the first (plain fine-tuned) PRM's 0.805 there (the PRM
-    card lists the other variants tried).
-    """
-    jobs = []
-    for prob, prompt, steps, labels in paths:
-        candidates = [j for j, step in enumerate(steps) if labels[j] > 0 and EQUATION.search(step)
-                      and extract_boxed(step) is None]
-        for j in pick.sample(candidates, min(cfg.perturbed_per_path, len(candidates))):
-            jobs.append((prob, prompt, steps[:j] + [perturb_step(steps[j], pick)], labels[:j]))
-    if not jobs:
-        return []
-    prefixes = [prompt + encode_steps(generator.tokenizer, steps) for _, prompt, steps, _ in jobs]
-    out = []
-    for (prob, _, steps, labels), rolls in zip(jobs, generator.expand(prefixes, cfg.rollouts, rollout, generator=rng)):
-        fraction = sum(answers_match(extract_boxed(r.text), prob.answer) for r in rolls) / len(rolls)
-        if fraction > 0:
-            out.append(LabeledPath(prob.question, steps, labels + [fraction]))
-        else:
-            rest = split_steps(rolls[0].text)
-            out.append(LabeledPath(prob.question, steps + rest, labels + [0.0] * (1 + len(rest))))
-    return out
-
-
-def load_or_label(generator: StepGenerator, cfg: PRMTrainConfig) -> list[LabeledPath]:
-    """The labelled paths: from ``cfg.labels_cache`` when it holds a run of the same labelling recipe."""
-    recipe = {k: str(getattr(cfg, k)) for k in ("seed", "problems", "samples_per_problem", "sample_temperature",
-                                                 "rollout_temperature", "rollouts", "perturbed_per_path",
-                                                 "max_solution_tokens", "policy_dir")}
-    cache = cfg.labels_cache
+def load_or_label(cfg: LabelConfig) -> list[LabeledPath]:
+    """The labelled paths: from ``cfg.cache`` when it holds a run of the same labelling recipe, else
+    sampled and rolled out with the student (and written to ``cfg.cache``)."""
+    recipe = {k: str(getattr(cfg, k)) for k in ("seed", "problems", "samples_per_problem", "temperature",
+                                                 "rollouts", "max_solution_tokens")}
+    # the student by its weights' size and folder name, not its path: a cache made in another checkout counts
+    weights = cfg.student_dir / "model.safetensors"
+    recipe["student"] = f"{cfg.student_dir.name} ({weights.stat().st_size if weights.exists() else 0} bytes)"
+    cache = cfg.cache
     if cache is not None and cache.exists():
         try:
             data = json.loads(cache.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise SystemExit(f"{cache} is not a labels cache ({err}); delete it to relabel") from None
-        if not isinstance(data, dict) or data.get("recipe") != recipe:
-            raise SystemExit(f"{cache} was labelled with another recipe ({data.get('recipe')}); "
+        found = data.get("recipe") if isinstance(data, dict) else None
+        if found != recipe:
+            raise SystemExit(f"{cache} was labelled with another recipe ({found}); "
                              "delete it or pass another --labels-cache")
         print(f"prm: labels from {cache}")
         return [LabeledPath(**p) for p in data["paths"]]
-    paths = label_paths(generator, ProblemStream(cfg.seed + 1000), cfg)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.student_dir)
+    student = AutoModelForCausalLM.from_pretrained(cfg.student_dir).eval()
+    paths = label_paths(StepGenerator(student, tokenizer, memory_budget_mb=512), ProblemStream(cfg.seed + 1000), cfg)
     if cache is not None:
         cache.write_text(json.dumps({"recipe": recipe, "paths": [asdict(p) for p in paths]}), encoding="utf-8")
     return paths

@@ -1,27 +1,57 @@
-"""Train the bundled policy: a small Llama fitted to TinyGSM gold solutions (loss on the answer only)."""
+"""Train a bundled policy: a small Llama fitted to TinyGSM gold solutions (loss on the answer only).
+
+One recipe, two shipped models that differ only in size and training length (``STUDENT``, ``LARGE``):
+
+- the **student** (``python -m reasoning_viz.train student``), the app's default policy: small and
+  briefly trained, so its arithmetic is only approximately right and it errs more the longer the chain
+  and the larger the numbers — the way a small real model errs;
+- the **larger model** (``... train large``): three times the parameters, trained longer; near-exact.
+  The PRM is built on its layers (``prm.py``), and the app offers it greedy, to set against the
+  student's search.
+
+Both build the same tokenizer from the same seeded corpus, so the three bundled models share it.
+"""
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerFast
 
+from ..models.presets import BUNDLED_LARGE, BUNDLED_STUDENT
 from ..problems.tinygsm import LEVELS, Problem, generate_problem, load_test_set
-from .common import POLICY_DIR, pad_batch, seed_everything, small_llama, train_loop, use_all_cores
+from .common import (LARGE_SIZE, STUDENT_SIZE, TOY_SIZE, LlamaSize, pad_batch, seed_everything, small_llama,
+                     train_loop, use_all_cores)
 from .tokenizer import STEP_TAG, build_tokenizer
 
 
 @dataclass
 class PolicyTrainConfig:
-    seed: int = 0
-    steps: int = 1400
+    name: str
+    size: LlamaSize
+    steps: int
+    out_dir: Path
     batch_size: int = 32
     lr: float = 3e-3
-    out_dir: Path = POLICY_DIR
+    seed: int = 0
     quick: bool = False
+
+    def apply_quick(self) -> None:
+        self.size, self.steps, self.batch_size, self.quick = TOY_SIZE, 8, 4, True
+
+
+STUDENT = PolicyTrainConfig("student", STUDENT_SIZE, steps=2000, out_dir=BUNDLED_STUDENT)
+LARGE = PolicyTrainConfig("large", LARGE_SIZE, steps=1400, out_dir=BUNDLED_LARGE)
+RECIPES = {c.name: c for c in (STUDENT, LARGE)}
+
+
+def recipe(name: str) -> PolicyTrainConfig:
+    """A fresh copy of the named shipped recipe, to adjust before ``train_policy``."""
+    return replace(RECIPES[name])
 
 
 def chat_example(tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
@@ -49,29 +79,27 @@ class ProblemStream:
                 return p
 
 
-def tokenizer_corpus(seed: int, n: int) -> list[str]:
-    stream = ProblemStream(seed)
+def bundled_tokenizer(quick: bool = False) -> PreTrainedTokenizerFast:
+    """The tokenizer all bundled models share, trained on a fixed seeded corpus (so every recipe builds
+    the same one): questions and solutions in the chat format, and in the PRM's input format, so that
+    its step tag and ``+``/``-`` are single tokens."""
+    stream = ProblemStream(1)
     texts = []
-    for _ in range(n):
+    for _ in range(300 if quick else 5000):
         p = stream.next()
         texts.append(p.question + "\n\n" + p.solution)
-        # the PRM's input format, so its step tag and labels are single tokens
         texts.append(p.question + " " + " ки\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(p.steps))
                      + f" {STEP_TAG} + -")
-    return texts
-
-
-def causal_lm_loss(model, batch) -> torch.Tensor:
-    return model(**batch).loss
+    return build_tokenizer(texts)
 
 
 def train_policy(cfg: PolicyTrainConfig) -> Path:
     """Build the tokenizer, train the policy and save both to ``cfg.out_dir``."""
     use_all_cores()
     seed_everything(cfg.seed)
-    tokenizer = build_tokenizer(tokenizer_corpus(cfg.seed + 1, 300 if cfg.quick else 5000))
-    model = small_llama(tokenizer, quick=cfg.quick)
-    print(f"policy: {model.num_parameters() / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
+    tokenizer = bundled_tokenizer(cfg.quick)
+    model = small_llama(tokenizer, cfg.size)
+    print(f"{cfg.name}: {model.num_parameters() / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
     stream = ProblemStream(cfg.seed)
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
@@ -80,9 +108,9 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    losses = train_loop(model, next_batch, causal_lm_loss, cfg.steps, cfg.lr,
-                        cfg.out_dir / "training_log.jsonl", desc="policy")
-    print(f"policy: final loss {sum(losses[-50:]) / len(losses[-50:]):.4f} in {time.time() - start:.0f}s")
+    losses = train_loop(model, next_batch, lambda m, batch: m(**batch).loss, cfg.steps, cfg.lr,
+                        cfg.out_dir / "training_log.jsonl", desc=cfg.name)
+    print(f"{cfg.name}: final loss {sum(losses[-50:]) / len(losses[-50:]):.4f} in {time.time() - start:.0f}s")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(cfg.out_dir, safe_serialization=True)
     tokenizer.save_pretrained(cfg.out_dir)

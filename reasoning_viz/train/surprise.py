@@ -1,12 +1,12 @@
-"""The PRM recipe's surprise stage: layers on a frozen base that put, at every token the policy wrote,
-the base's own probability of that token into the PRM's P(``+``) there.
+"""The PRM's verifier layers: on the frozen larger model, two layers that put, at every token the student
+wrote, the larger model's own log-odds of that token into the PRM's ``+``/``-`` logits — its surprise.
 
-Why: at a hot temperature a sample goes wrong through a token the model itself found unlikely, so
-that probability is the check a step needs; step labels alone do not teach it
-(``scripts/prm_learnability.py``). The shipped recipe fits two layers by regression, a code of the
-base's prediction (``add_code_layer``) and its comparison with the next token
-(``add_comparison_layer``); the recipe before trained layers on a target at every token instead
-(``prm_loss`` in ``prm.py``). ``scripts/surprise_report.py`` measures how close a PRM gets to it.
+Why fitted by regression and not trained through the step labels: whether a digit agrees with the one
+the model predicted one position back is an XOR of two features, which gradient descent on the tag loss
+is slow to find (the first recipe's plain fine-tune ranked a right result above a wrong one 53% of the
+time; the PRM card has the figures). So the check is built part by part, each part fitted to a target
+of its own: a code of the prediction (``add_code_layer``), its comparison with the next token
+(``add_comparison_layer``), and a tag layer that starts as a minimum over the path (``init_min_pool``).
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ class ProbabilityCode:
 @torch.no_grad()
 def probability_code(model: PreTrainedModel, normed: torch.Tensor, rank: int) -> ProbabilityCode:
     """The best rank-``rank`` linear code of the base's next-token distributions (PCA, in float64).
-    ``normed``: final-normed base states, one row per position. ``scripts/surprise_bottleneck.py``
-    measures how much of the surprise a code of this width keeps (64 numbers: nearly all)."""
+    ``normed``: final-normed base states, one row per position. 64 numbers kept nearly all of the
+    surprise, measured on the first bundled PRM's samples (the PRM card)."""
     probs = (normed @ model.lm_head.weight.T).softmax(-1).double()
     mean = probs.mean(0)
     _, vectors = torch.linalg.eigh((probs - mean).T @ (probs - mean))
@@ -99,7 +99,7 @@ def add_code_layer(model: PreTrainedModel, hidden: torch.Tensor, rank: int, step
     regression on the base's last hidden states (``hidden``, one row per position), then installed. Returns
     the held-out error (mean squared, code unit-scaled) and the code it writes.
 
-    Why by regression, outside the model: trained in place through the surprise loss, this code is
+    Why by regression, outside the model: trained in place through a loss at every token, this code is
     what gradient descent finds slowest (the next layer then only has to move it one position on,
     which it learns at once, and compare it with the token there)."""
     if not 0 < rank <= model.config.vocab_size:
@@ -158,7 +158,7 @@ def add_comparison_layer(model: PreTrainedModel, residuals: list[torch.Tensor], 
                          seed: int, log_path: Path | None = None) -> tuple[float, list[torch.Tensor]]:
     """Append a layer, above a code layer (``add_code_layer``), that puts at every token the policy wrote
     the base's own log-odds of that token into the ``+``/``-`` logits: the PRM's reading there is the
-    base's surprise. Built in two stages, neither through the surprise loss:
+    base's surprise. Built in two stages, neither through a loss at the tags:
 
     1. attention: the queries and keys learn to look one position back (``previous_token_loss`` alone);
        the values are a least-squares decode of the code of the prediction made there (``codes``: its
@@ -170,7 +170,7 @@ def add_comparison_layer(model: PreTrainedModel, residuals: list[torch.Tensor], 
     MLP's held-out error (mean squared, in log-odds) and per sequence the residual leaving the layer.
 
     Why fitted: this layer compares the prediction one position back with the token here, which the
-    surprise loss teaches slowly (3,000 steps of 16 paths, 22 minutes, left it 12 points of
+    a loss at every token teaches slowly (3,000 steps of 16 paths, 22 minutes, left it 12 points of
     best-of-16 short of its target); regression on big batches of cached positions gets further in
     about a quarter of the time (the PRM's card has the figures)."""
     config = model.config

@@ -34,7 +34,7 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 # Label and help text of every hyperparameter the strategies' dataclasses define.
 FIELD_UI = {
     "temperature": ("Temperature", "Sampling randomness; 0 = greedy. Set from the model preset "
-                                   "(1.7 for the bundled policy, 0.8 for hub models)."),
+                                   "(0.8 for the bundled and hub models)."),
     "max_depth": ("Max steps", "Longest path, in reasoning steps."),
     "max_step_tokens": ("Max tokens per step", "A step is cut here if no blank line comes first."),
     "greedy": ("Greedy", "Off: one sampled chain at the temperature above."),
@@ -313,6 +313,14 @@ def build_app() -> gr.Blocks:
                 c_plots += [gr.Plot(visible=False) for _ in range(2)]
         with gr.Tab("About the strategies"):
             gr.Markdown("\n".join(f"- **{s.title}** — {s.summary} _{s.paper}_" for s in STRATEGIES.values()))
+        with gr.Tab("The bundled models"):
+            gr.Markdown("Three small models trained for this app, the shape of real test-time search in miniature: "
+                        "a small **student** that errs (the default policy), a **larger model** of the same domain, "
+                        "and a **PRM** built on the larger model's layers that checks the student's steps. "
+                        "Each card says what the model was trained on, what it cannot do, and how it measures.")
+            for name, card in service.model_cards():
+                with gr.Accordion(name, open=False):
+                    gr.Markdown(card, latex_delimiters=LATEX)
 
         # ---- wiring -----------------------------------------------------------------------
         def show_strategy(name):

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from .models.generator import SamplingParams, StepGenerator
-from .models.presets import BUNDLED_POLICY
+from .models.presets import BUNDLED_STUDENT
 from .models.scorers import MathShepherdPRM
 
 
@@ -119,7 +119,7 @@ def bench_generator(b: int, k: int, prompt_len: int, step_tokens: int, repeats: 
 
 
 def bench_prm(depths: tuple[int, ...], k: int, repeats: int) -> None:
-    tok = AutoTokenizer.from_pretrained(BUNDLED_POLICY)  # the PRM shares this tokenizer
+    tok = AutoTokenizer.from_pretrained(BUNDLED_STUDENT)  # all bundled models share it
     model = random_llama(vocab=len(tok), hidden=512, layers=5, inter=1408, heads=8)
     question = ("Mia has 120 apples. She buys 35 more apples. She gives 40 apples to a friend. "
                 "How many apples does Mia have now?")

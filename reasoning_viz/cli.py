@@ -125,23 +125,28 @@ def cmd_eval(args) -> int:
     models = load_preset(args.preset)
     print(f"{len(problems)} held-out problems (levels {args.levels}), N={args.n}, seed {args.seed}, "
           f"preset {args.preset!r}\n")
-    print("| strategy | accuracy % | policy tokens / problem | PRM tokens / problem | seconds / problem |")
-    print("|---|---|---|---|---|", flush=True)
+    per_level = len(levels) > 1  # accuracy by difficulty too: where search helps, and where it cannot
+    level_cells = "".join(f" level {lv} |" for lv in levels) if per_level else ""
+    print(f"| strategy | accuracy % |{level_cells} policy tokens / problem | PRM tokens / problem | seconds / problem |")
+    print("|---|---|" + "---|" * (len(levels) * per_level + 3), flush=True)
     for name, pairs, params in plan:
         title = STRATEGIES[name].title + (f" ({', '.join(pairs)})" if pairs else "")
-        correct = tokens = scored = 0
+        correct = {lv: [] for lv in levels}
+        tokens = scored = 0
         seconds = 0.0
         for i, prob in enumerate(tqdm(problems, desc=title, dynamic_ncols=True, file=sys.stderr)):
             tree = run_search(prob.question, name, models, params, seed=args.seed + i, budget=_budget(args),
                               gold=str(prob.answer))
             sel = tree.run["selection"]
-            correct += bool(sel["node_id"] is not None and tree.node(sel["node_id"]).correct)
+            correct[prob.level].append(bool(sel["node_id"] is not None and tree.node(sel["node_id"]).correct))
             totals = tree.run["totals"]
             tokens += totals["policy_tokens"]
             scored += totals["scorer_tokens"]
             seconds += totals["seconds_total"]
         n = len(problems)
-        print(f"| {title} | {100 * correct / n:.1f} | {tokens / n:.0f} | {scored / n:.0f} | {seconds / n:.2f} |",
+        right = sum(sum(c) for c in correct.values())
+        by_level = "".join(f" {100 * sum(c) / max(1, len(c)):.1f} |" for c in correct.values()) if per_level else ""
+        print(f"| {title} | {100 * right / n:.1f} |{by_level} {tokens / n:.0f} | {scored / n:.0f} | {seconds / n:.2f} |",
               flush=True)  # each row as it finishes: a long evaluation shows results as it goes
     return 0
 

@@ -21,6 +21,7 @@ import torch
 from .models.generator import SamplingParams, StepGenerator, StepSample
 from .models.scorers import StepScorer
 from .problems.grading import answers_match, extract_boxed, normalize_answer
+from .problems.tinygsm import domain_warning
 from .tree import SearchTree
 
 
@@ -47,6 +48,7 @@ class Models:
     scorer_id: str
     system_prompt: str | None = None
     temperature: float = 0.8  # default sampling temperature for this policy (a strategy may override)
+    domain: str | None = None  # "tinygsm" for the bundled models: questions outside it get a warning
 
 
 class SearchStopped(Exception):
@@ -250,6 +252,7 @@ def run_search(question: str, strategy: str, models: Models, params: Any = None,
         "question": question, "gold": gold_text, "strategy": strategy, "params": asdict(params),
         "seed": seed, "budget": asdict(budget), "models": {"policy": models.policy_id, "scorer": models.scorer_id},
         "system_prompt": models.system_prompt, "versions": library_versions(),
+        "warnings": [w for w in [domain_warning(question) if models.domain == "tinygsm" else None] if w],
     })
     if hasattr(models.scorer, "reset"):  # same seed, same tree: no state carried over from other runs
         models.scorer.reset()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .models.loading import PRESETS, load_models, load_preset
-from .models.presets import MATH_SYSTEM_PROMPT, SCORER_KINDS, check_model_ref
+from .models.presets import BUNDLED_MODELS, MATH_SYSTEM_PROMPT, SCORER_KINDS, check_model_ref
 from .problems.tinygsm import LEVELS, load_test_set
 from .search import Budget, Models, SearchContext, run_search
 from .strategies import STRATEGIES
@@ -142,7 +142,7 @@ def get_models(preset: str, custom_policy: str | None = None, scorer_kind: str |
         scorer = "calculator"
     elif (custom_scorer or "").strip():
         scorer = check_model_ref(custom_scorer)
-    elif kind == "llm-judge":
+    elif kind in ("llm-judge", "self-confidence"):
         scorer = policy  # the policy judges its own steps
     else:
         raise ValueError(f"A {kind} scorer needs a model id or path.")
@@ -257,6 +257,21 @@ def example_problems(per_level: int = 2) -> list[tuple[str, str, str]]:
             out.append((f"Level {level}", p.question, str(p.answer)))
     out += [("Free-form", q, g) for q, g in FREE_FORM_EXAMPLES]
     return out
+
+
+def model_cards() -> list[tuple[str, str]]:
+    """(folder name, card text) of each bundled model, for reading inside the app: what it was trained
+    on, what it cannot do, its evaluation table. The YAML front matter (hub metadata) is left out."""
+    cards = []
+    for folder in BUNDLED_MODELS:
+        try:
+            text = (folder / "README.md").read_text(encoding="utf-8")
+        except OSError:
+            text = "_No model card found._"
+        if text.startswith("---"):
+            text = text.split("---", 2)[-1].lstrip()
+        cards.append((folder.name, text))
+    return cards
 
 
 def gallery_runs() -> dict[str, Path]:

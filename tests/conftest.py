@@ -31,11 +31,11 @@ def tiny_models():
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from reasoning_viz.models.generator import StepGenerator
-    from reasoning_viz.models.loading import BUNDLED_POLICY
+    from reasoning_viz.models.presets import BUNDLED_STUDENT
     from reasoning_viz.models.scorers import MathShepherdPRM
     from reasoning_viz.search import Models
 
-    tok = AutoTokenizer.from_pretrained(BUNDLED_POLICY)
+    tok = AutoTokenizer.from_pretrained(BUNDLED_STUDENT)
     torch.manual_seed(0)
 
     def tiny():

@@ -25,7 +25,7 @@ def params_for(name: str) -> str:
 
 def run(client, strategy="beam_search", question=QUESTION, params=None, gold="14", max_nodes=300,
         custom_policy="", scorer_kind="llm-judge", custom_scorer=""):
-    return client.predict(question, gold, strategy, "TinyGSM (bundled, CPU)", 0,
+    return client.predict(question, gold, strategy, "TinyGSM student + PRM (bundled, CPU)", 0,
                           params if params is not None else params_for(strategy), max_nodes, 20000, 60,
                           custom_policy, scorer_kind, custom_scorer, api_name="/run")
 
@@ -36,10 +36,10 @@ def local_model_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from reasoning_viz.models.loading import BUNDLED_POLICY
+    from reasoning_viz.models.presets import BUNDLED_STUDENT
 
     folder = tmp_path_factory.mktemp("models") / "tiny-hub-llama"
-    tok = AutoTokenizer.from_pretrained(BUNDLED_POLICY)
+    tok = AutoTokenizer.from_pretrained(BUNDLED_STUDENT)
     torch.manual_seed(1)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -71,6 +71,19 @@ def test_each_strategy_with_a_local_model_from_the_model_picker(client, local_mo
     assert len(tree) > 1 and all(0 <= n.step_score <= 1 for n in tree.nodes()[1:])
 
 
+def test_self_confidence_through_the_api(client, local_model_dir, monkeypatch):
+    """The student's own confidence is a scorer kind a user can pick, for a preset or a custom model."""
+    out = client.predict(QUESTION, "14", "best_of_n", "TinyGSM student + self-confidence", 0,
+                         json.dumps({"n": 4}), 300, 20000, 60, "", "llm-judge", "", api_name="/run")
+    tree = SearchTree.load(out[7])
+    assert tree.run["models"] == {"policy": "tinygsm-student", "scorer": "tinygsm-student"}
+    assert tree.run["totals"]["scorer_tokens"] > 0 and all(0 < n.step_score <= 1 for n in tree.nodes()[1:])
+    monkeypatch.setenv("RV_MODELS_DIR", str(local_model_dir.parent))
+    out = run(client, "cot", params=json.dumps({"max_depth": 2, "max_step_tokens": 6}),
+              custom_policy=str(local_model_dir), scorer_kind="self-confidence")
+    assert SearchTree.load(out[7]).run["models"]["scorer"] == "tiny-hub-llama"
+
+
 def test_custom_models_obey_the_host(client, local_model_dir, monkeypatch):
     monkeypatch.delenv("RV_MODELS_DIR", raising=False)
     with pytest.raises(Exception, match="Local model paths are off"):
@@ -80,7 +93,7 @@ def test_custom_models_obey_the_host(client, local_model_dir, monkeypatch):
 
 
 def test_streaming_yields_intermediate_trees(client):
-    job = client.submit(QUESTION, "14", "mcts", "TinyGSM (bundled, CPU)", 0,
+    job = client.submit(QUESTION, "14", "mcts", "TinyGSM student + PRM (bundled, CPU)", 0,
                         json.dumps({"simulations": 30, "width": 3}), 2000, 200000, 120, "", "llm-judge", "",
                         api_name="/run")
     outputs = list(job)
@@ -137,13 +150,13 @@ def test_malformed_upload_is_refused(client, tmp_path):
 
 
 def test_compare_runs_strategies_side_by_side(client):
-    out = client.predict(QUESTION, "14", ["self_consistency", "beam_search"], "TinyGSM (bundled, CPU)", 0, 4,
+    out = client.predict(QUESTION, "14", ["self_consistency", "beam_search"], "TinyGSM student + PRM (bundled, CPU)", 0, 4,
                          300, 20000, 60, api_name="/compare")
     table = out[-1]
     rows = table["data"] if isinstance(table, dict) else table
     assert [r[0] for r in rows] == ["Self-consistency vote", "PRM beam search"]
     with pytest.raises(Exception, match="two to four"):
-        client.predict(QUESTION, "", ["cot"], "TinyGSM (bundled, CPU)", 0, 4, 300, 20000, 60, api_name="/compare")
+        client.predict(QUESTION, "", ["cot"], "TinyGSM student + PRM (bundled, CPU)", 0, 4, 300, 20000, 60, api_name="/compare")
 
 
 def test_gallery_runs_load_without_a_model(client):

@@ -14,7 +14,7 @@ def test_typed_ids_need_the_hosts_allowlist(monkeypatch):
         check_model_ref("someone/evil-model")
     monkeypatch.setenv("RV_ALLOWED_MODELS", "someone/good-model, other/model")
     assert check_model_ref("someone/good-model") == "someone/good-model"
-    assert check_model_ref(PRESETS["TinyGSM (bundled, CPU)"].policy)  # presets are always allowed
+    assert check_model_ref(PRESETS["TinyGSM student + PRM (bundled, CPU)"].policy)  # presets are always allowed
     with pytest.raises(ValueError, match="empty"):
         check_model_ref("  ")
 
@@ -50,7 +50,7 @@ def test_a_preset_that_does_not_fit_is_refused(monkeypatch):
     monkeypatch.setattr(presets, "available_memory_gb", lambda device: 4.0)
     with pytest.raises(ValueError, match="needs about 37.0 GB of CPU RAM"):
         check_fits(PRESETS["Qwen2.5-Math-1.5B-Instruct + Qwen2.5-Math-PRM-7B"], torch.device("cpu"))
-    check_fits(PRESETS["TinyGSM (bundled, CPU)"], torch.device("cpu"))  # fits: no error
+    check_fits(PRESETS["TinyGSM student + PRM (bundled, CPU)"], torch.device("cpu"))  # fits: no error
 
 
 def test_out_of_memory_halves_the_batch_then_explains(tiny_models, monkeypatch):

@@ -16,9 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ..search import Models
 from .generator import StepGenerator
-from .presets import (BUNDLED_POLICY, BUNDLED_PRM, DEFAULT_PRESET, PRESETS, Preset, check_fits,  # noqa: F401
-                      trusts_remote_code)
-from .scorers import CalculatorChecker, MathShepherdPRM, StepScorer
+from .presets import BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, Preset, check_fits, trusts_remote_code  # noqa: F401
+from .scorers import CalculatorChecker, MathShepherdPRM, SelfConfidence, StepScorer
 
 
 def pick_device() -> torch.device:
@@ -83,14 +82,18 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
             model, tokenizer = load_causal_lm(policy, device)
             budget = float(os.environ.get("RV_KV_BUDGET_MB", "1024"))
             generator = StepGenerator(model, tokenizer, memory_budget_mb=budget)
-            if scorer == policy and scorer_kind == "llm-judge":  # one model plays both parts
+            if scorer_kind == "self-confidence":  # the policy grades itself: no second model
+                scorer_obj: StepScorer = SelfConfidence(generator, system_prompt)
+            elif scorer == policy and scorer_kind == "llm-judge":  # one model plays both parts
                 from .prm_adapters import LLMJudge
 
-                scorer_obj: StepScorer = LLMJudge(model, tokenizer)
+                scorer_obj = LLMJudge(model, tokenizer)
             else:
                 scorer_obj = load_scorer(scorer_kind, scorer, device)
+            bundled = Path(policy).resolve() in {m.resolve() for m in BUNDLED_MODELS}
             _loaded[key] = Models(generator, scorer_obj, policy_id=_short(policy), scorer_id=_short(scorer),
-                                  system_prompt=system_prompt, temperature=temperature)
+                                  system_prompt=system_prompt, temperature=temperature,
+                                  domain="tinygsm" if bundled else None)
         return _loaded[key]
 
 

@@ -19,12 +19,17 @@ from pathlib import Path
 import torch
 
 ASSETS_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
-BUNDLED_POLICY = ASSETS_MODELS / "tinygsm-policy"
+# The bundled trio, the real-world shape in miniature: a small student policy (the default), a larger
+# model of the same domain (to set "small model + search" against "big model, greedy"), and a PRM built
+# on the larger model's layers and trained on the student's own samples. Their cards are in each folder.
+BUNDLED_STUDENT = ASSETS_MODELS / "tinygsm-student"
+BUNDLED_LARGE = ASSETS_MODELS / "tinygsm-large"
 BUNDLED_PRM = ASSETS_MODELS / "tinygsm-prm"
-SCORER_KINDS = ("math-shepherd", "rlhflow", "qwen-prm", "skywork", "llm-judge", "calculator")
-# The bundled policy is nearly exact when greedy on easy problems; sampled this hot it errs often
-# enough that search visibly matters (the model card's table is measured at this temperature).
-BUNDLED_TEMPERATURE = 1.7
+BUNDLED_MODELS = (BUNDLED_STUDENT, BUNDLED_LARGE, BUNDLED_PRM)
+SCORER_KINDS = ("math-shepherd", "self-confidence", "rlhflow", "qwen-prm", "skywork", "llm-judge", "calculator")
+# A natural sampling temperature (search-and-learn samples at 0.8): the student's errors come from what
+# it cannot compute, not from sampling noise. The model cards' tables are measured at it.
+BUNDLED_TEMPERATURE = 0.8
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -43,11 +48,17 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("TinyGSM (bundled, CPU)", str(BUNDLED_POLICY), str(BUNDLED_PRM), "math-shepherd", None, 0.02,
-           "The bundled ~3M-parameter policy and Math-Shepherd-format PRM: offline, any CPU, seconds.",
-           BUNDLED_TEMPERATURE),
-    Preset("TinyGSM + calculator checker", str(BUNDLED_POLICY), "calculator", "calculator", None, 0.01,
-           "The bundled policy, scored by the exact rule-based step checker instead of a learned PRM.",
+    Preset("TinyGSM student + PRM (bundled, CPU)", str(BUNDLED_STUDENT), str(BUNDLED_PRM), "math-shepherd", None,
+           0.03, "The small bundled student policy, checked by the bundled PRM (built on the larger model): "
+           "offline, any CPU, seconds.", BUNDLED_TEMPERATURE),
+    Preset("TinyGSM large model (no search)", str(BUNDLED_LARGE), str(BUNDLED_PRM), "math-shepherd", None, 0.03,
+           "The bundled larger model: run it greedily (Chain of thought) to set its single answer against "
+           "the small student's search.", BUNDLED_TEMPERATURE),
+    Preset("TinyGSM student + self-confidence", str(BUNDLED_STUDENT), str(BUNDLED_STUDENT), "self-confidence",
+           None, 0.01, "The student scores its own steps by its lowest token probability: no verifier, to "
+           "see why a separate one matters.", BUNDLED_TEMPERATURE),
+    Preset("TinyGSM student + calculator checker", str(BUNDLED_STUDENT), "calculator", "calculator", None, 0.01,
+           "The student, scored by the exact rule-based step checker instead of a learned PRM.",
            BUNDLED_TEMPERATURE),
     Preset("Qwen2.5-Math-1.5B-Instruct + Qwen2.5-Math-PRM-7B", "Qwen/Qwen2.5-Math-1.5B-Instruct",
            "Qwen/Qwen2.5-Math-PRM-7B", "qwen-prm", MATH_SYSTEM_PROMPT, 18.5,

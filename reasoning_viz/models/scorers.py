@@ -1,8 +1,9 @@
 """Step scorers: everything that gives each reasoning step a score in [0, 1].
 
 One interface (``StepScorer.score``): a batch of paths in, one score per step of each path out.
-Implementations here: the Math-Shepherd-format PRM (the bundled one), the exact calculator checker
-for the bundled domain, and the Monte-Carlo rollout estimate that Math-Shepherd trains on.
+Implementations here: the Math-Shepherd-format PRM (the bundled one), the policy's own confidence (no
+verifier at all), the exact calculator checker for the bundled domain, and the Monte-Carlo rollout
+estimate that Math-Shepherd trains on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..problems.grading import answers_match, extract_boxed, normalize_answer
+from .generator import OutOfMemory, SamplingParams, StepGenerator, encode_steps
 from .kv_cache import append_cache, cache_keyword
 from .shared_prefix import SharedPrefix, enable_shared_prefix
 
@@ -84,8 +86,6 @@ class MathShepherdPRM:
 
     @torch.inference_mode()
     def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        from .generator import OutOfMemory
-
         with self._lock:
             batch = self.batch_size
             while True:
@@ -235,6 +235,62 @@ def _cache_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+class SelfConfidence:
+    """The policy grading itself: a step's score is the lowest probability the policy gives any of its
+    tokens (untempered), read from one forward pass over the path. No second model.
+
+    Why it is here: a sample that goes wrong by chance passes through a token the model found
+    unlikely, and this catches that. A mistake the model makes *confidently* (it cannot compute
+    ``37 + 48``, so ``84`` looks as likely to it as ``85``) it cannot catch, which is what a
+    verifier that knows more is for (the bundled PRM is built on the larger model).
+    """
+
+    name = "self-confidence"
+
+    def __init__(self, generator: StepGenerator, system_prompt: str | None = None, batch_size: int = 16):
+        self.generator, self.system_prompt, self.batch_size = generator, system_prompt, batch_size
+        self._lock = threading.Lock()
+        self._tokens = 0
+
+    @property
+    def tokens_scored(self) -> int:
+        return self._tokens
+
+    def spans(self, question: str, steps: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+        """The path's token ids (prompt first) and, per step, the positions of its tokens: from the end
+        of the step before (its blank line belongs to the step it opens) to its own last token."""
+        tok = self.generator.tokenizer
+        prompt = self.generator.prompt_ids(question, self.system_prompt)
+        ends = [len(prompt) + len(encode_steps(tok, steps[: j + 1])) for j in range(len(steps))]
+        starts = [len(prompt), *ends[:-1]]
+        return prompt + encode_steps(tok, steps), [(a, max(a + 1, b)) for a, b in zip(starts, ends)]
+
+    @torch.inference_mode()
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        model = self.generator.model
+        pad = self.generator.tokenizer.pad_token_id or 0
+        out: list[list[float]] = []
+        with self._lock:
+            for lo in range(0, len(paths), self.batch_size):
+                encoded = [self.spans(question, steps) for steps in paths[lo:lo + self.batch_size]]
+                width = max(len(ids) for ids, _ in encoded)
+                ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, (seq, _) in enumerate(encoded):
+                    ids[row, :len(seq)] = torch.tensor(seq)
+                    mask[row, :len(seq)] = 1
+                logp = model(input_ids=ids.to(self.generator.device), attention_mask=mask.to(self.generator.device)
+                             ).logits.float().log_softmax(-1).cpu()
+                self._tokens += int(mask.sum())
+                for row, (seq, spans) in enumerate(encoded):
+                    # the token at position t is predicted at t - 1
+                    token_logp = logp[row, :-1].gather(-1, ids[row, 1:, None])[:, 0]
+                    last = len(seq) - 1
+                    out.append([float(token_logp[min(a, last) - 1:min(b, len(seq)) - 1].min().exp())
+                                for a, b in spans])
+        return out
+
+
 class CalculatorChecker:
     """Exact rule-based step checker for TinyGSM-style steps (and any step with ``a op b = c``).
 
@@ -299,8 +355,6 @@ class MCRolloutScorer:
 
     def __init__(self, generator, params, rollouts: int = 8, system_prompt: str | None = None,
                  seed: int = 0):
-        from .generator import SamplingParams
-
         self.generator = generator
         self.params = SamplingParams(temperature=params.temperature, top_p=params.top_p,
                                      max_step_tokens=params.max_step_tokens * 8, stop_at_step=False)
@@ -314,8 +368,6 @@ class MCRolloutScorer:
         return self._tokens
 
     def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        from .generator import encode_steps
-
         prompt = self.generator.prompt_ids(question, self.system_prompt)
         tok = self.generator.tokenizer
         prefixes, owners = [], []

@@ -230,6 +230,33 @@ def training_problems(seed: int, n_per_level: int, levels: tuple[int, ...] = LEV
     return problems
 
 
+def _domain_words() -> frozenset[str]:
+    """Every word a TinyGSM question can contain (lower case, without numbers or punctuation)."""
+    texts = [*NAMES, *PRONOUN.values(), "him", "her"]
+    for frame in FRAMES:
+        texts += [frame.start, frame.question, *frame.units]
+        texts += [sentence for variants in (frame.add, frame.sub, frame.mul, frame.div) for sentence, _ in variants]
+    return frozenset(w for t in texts for w in _WORD.findall(re.sub(r"\{[^}]*\}", " ", t).lower()))
+
+
+_WORD = re.compile(r"[^\W\d_]+")
+DOMAIN_WORDS = _domain_words()
+OUT_OF_DOMAIN = ("This question is unlike the bundled models' training problems (TinyGSM: a starting quantity "
+                 "changed by +, -, * or / in one to six steps, worded as in the examples), so their answer and "
+                 "scores say little about it.")
+
+
+def domain_warning(question: str, min_known: float = 0.8) -> str | None:
+    """A warning when ``question`` is unlike TinyGSM's problems, else None: it must hold at least two
+    numbers and ``min_known`` of its words must be words TinyGSM questions use. A bundled model answers
+    anything (it once answered "asdf qwerty" with 4, scored 1.000); this says when not to trust it."""
+    words = _WORD.findall(question.lower())
+    numbers = re.findall(r"\d+", question)
+    if len(numbers) < 2 or not words or sum(w in DOMAIN_WORDS for w in words) < min_known * len(words):
+        return OUT_OF_DOMAIN
+    return None
+
+
 # A working step's equation ``a op b = c`` (integers).
 EQUATION = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)")
 

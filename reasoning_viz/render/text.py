@@ -97,6 +97,9 @@ def answer_markdown(tree: SearchTree) -> str:
         if node is not None and node.correct is not None:
             verdict = " ✓ correct" if node.correct else f" ✗ wrong (gold {tree.run.get('gold')})"
         lines.append(f"### Answer: {sel['answer']}{verdict}\n{sel['detail']}")
+        if node is not None:
+            lines.extend(weak_step_warning(tree, node.id))
+    lines.extend(f"⚠️ {w}" for w in tree.run.get("warnings") or [])
     t = tree.run.get("totals")
     if t:
         lines.append(f"{t['nodes']} nodes · {t['policy_tokens']} policy tokens · {t['scorer_tokens']} PRM tokens · "
@@ -105,6 +108,23 @@ def answer_markdown(tree: SearchTree) -> str:
     if tree.run.get("stopped"):
         lines.append(f"⚠️ The search stopped early: {tree.run['stopped']}.")
     return "\n\n".join(lines)
+
+
+WEAK_STEP_GAP = 0.5  # a step this far below the last step's score is worth a warning
+
+
+def weak_step_warning(tree: SearchTree, node_id: int) -> list[str]:
+    """A warning, as a one-item list, when the chosen path's weakest step scored far below its last
+    step: a ``last``-score ranking then vouches for a path that a step of it does not support."""
+    steps = [n for n in tree.path(node_id)[1:] if n.step_score is not None]
+    if len(steps) < 2:
+        return []
+    weakest = min(range(len(steps)), key=lambda i: steps[i].step_score)
+    low, last = steps[weakest].step_score, steps[-1].step_score
+    if last - low < WEAK_STEP_GAP:
+        return []
+    return [f"⚠️ The weakest step of this path (step {weakest + 1}, score {low:.2f}) is far below its last "
+            f"step ({last:.2f}): the verifier doubted a step this answer rests on."]
 
 
 def event_markdown(tree: SearchTree, index: int) -> str:

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--preset", default=DEFAULT_PRESET, help="model preset (default: the bundled pair)")
+        p.add_argument("--preset", default=DEFAULT_PRESET, help="model preset (default: the bundled student with the PRM)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a strategy hyperparameter")
         p.add_argument("--max-nodes", type=int, default=2000)

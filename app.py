@@ -216,7 +216,8 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="Reasoning Tree Explorer") as demo:
         gr.Markdown("# 🌳 Reasoning Tree Explorer\nWatch a language model search for an answer step by step: "
                     "every step it generates, the process reward model's score for it, and every branch the "
-                    "strategy kept or pruned. Runs a real search on the bundled tiny models, on any CPU.")
+                    "strategy kept or pruned. Runs a real search on the bundled tiny models, on any CPU: a small "
+                    "student that errs, checked by a PRM built on a larger model (the *Models* menu has both).")
         tree_state = gr.State(None)
         with gr.Tab("Explore"):
             with gr.Row():

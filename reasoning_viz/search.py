@@ -248,11 +248,12 @@ def run_search(question: str, strategy: str, models: Models, params: Any = None,
     budget = budget or Budget()
     budget.validate()
     gold_text = None if gold is None or str(gold).strip() == "" else str(gold).strip()
+    off_domain = domain_warning(question) if models.domain == "tinygsm" else None
     tree = SearchTree(question, run={
         "question": question, "gold": gold_text, "strategy": strategy, "params": asdict(params),
         "seed": seed, "budget": asdict(budget), "models": {"policy": models.policy_id, "scorer": models.scorer_id},
         "system_prompt": models.system_prompt, "versions": library_versions(),
-        "warnings": [w for w in [domain_warning(question) if models.domain == "tinygsm" else None] if w],
+        "warnings": [off_domain] if off_domain else [],
     })
     if hasattr(models.scorer, "reset"):  # same seed, same tree: no state carried over from other runs
         models.scorer.reset()

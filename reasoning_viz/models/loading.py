@@ -1,6 +1,7 @@
 """Loading models by local path or hub id, through the one ``from_pretrained`` path.
 
-The bundled pair lives in ``assets/models``; hub ids load the same way where a hub is reachable.
+The bundled models live in ``assets/models`` (``presets.BUNDLED_MODELS``); hub ids load the same way
+where a hub is reachable.
 Loaded models are cached per process, so every user of the app shares one instance. CUDA gets
 bf16 and SDPA attention; the CPU gets float32.
 """

@@ -240,9 +240,9 @@ class SelfConfidence:
     tokens (untempered), read from one forward pass over the path. No second model.
 
     Why it is here: a sample that goes wrong by chance passes through a token the model found
-    unlikely, and this catches that. A mistake the model makes *confidently* (it cannot compute
-    ``37 + 48``, so ``84`` looks as likely to it as ``85``) it cannot catch, which is what a
-    verifier that knows more is for (the bundled PRM is built on the larger model).
+    unlikely, and this catches that. A mistake the model makes *confidently* (a difference it cannot
+    compute, where the wrong digit looks as likely to it as the right one) it cannot catch, which is
+    what a verifier that knows more is for (the bundled PRM is built on the larger model).
     """
 
     name = "self-confidence"

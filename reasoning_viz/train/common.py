@@ -24,7 +24,8 @@ def seed_everything(seed: int) -> None:
 
 
 def use_all_cores() -> None:
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """Every core, unless ``OMP_NUM_THREADS`` says how many (to run two recipes side by side)."""
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class PolicyTrainConfig:
         self.size, self.steps, self.batch_size, self.quick = TOY_SIZE, 8, 4, True
 
 
-STUDENT = PolicyTrainConfig("student", STUDENT_SIZE, steps=2000, out_dir=BUNDLED_STUDENT)
+STUDENT = PolicyTrainConfig("student", STUDENT_SIZE, steps=1400, out_dir=BUNDLED_STUDENT)
 LARGE = PolicyTrainConfig("large", LARGE_SIZE, steps=1400, out_dir=BUNDLED_LARGE)
 RECIPES = {c.name: c for c in (STUDENT, LARGE)}
 

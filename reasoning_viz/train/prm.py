@@ -2,8 +2,8 @@
 
 The verifier has to know more than the policy it checks, as in real test-time search (a 1B policy, an
 8B PRM). So the PRM is a copy of the **larger model**, and what it learns to read is that model's
-surprise at each token the **student** wrote: where the student writes ``37 + 48 = 84`` because it
-cannot add reliably, the larger model expected ``85``.
+surprise at each token the **student** wrote: where the student writes ``19 - 16 = 2`` because it
+cannot subtract reliably, the larger model expected ``3``.
 
 1. Sample solutions to fresh training problems from the student (``labels.py``).
 2. Label every step by Monte-Carlo rollouts of the student: from the prefix ending at that step, K

@@ -34,8 +34,9 @@ class Budget:
     max_seconds: float = 300.0
 
     def validate(self) -> None:
-        if self.max_nodes < 2 or self.max_tokens < 1 or self.max_seconds <= 0:
-            raise ValueError("budget caps must be positive (max_nodes >= 2)")
+        # written as "not (x > 0)" so that NaN, which compares false with everything, is refused too
+        if not (self.max_nodes >= 2 and self.max_tokens >= 1 and 0 < self.max_seconds < float("inf")):
+            raise ValueError("budget caps must be positive and finite (max_nodes >= 2)")
 
 
 @dataclass
@@ -86,12 +87,17 @@ class SearchContext:
     def scorer_tokens(self) -> int:
         return self.models.scorer.tokens_scored - self.scorer_tokens_start
 
-    def _affordable(self, nodes: list[int], k: int, max_step_tokens: int) -> list[int]:
-        """The nodes that can still be expanded within the caps (in order); raise if none."""
+    def check(self) -> None:
+        """Raise ``SearchStopped`` when the user cancelled or the time cap is reached. ``expand`` calls
+        it; a strategy calls it too in any loop that can go round without expanding (MCTS re-visits)."""
         if self.cancel.is_set():
             raise SearchStopped("cancelled by the user")
         if self.elapsed >= self.budget.max_seconds:
             raise SearchStopped(f"time cap reached ({self.budget.max_seconds:g} s)")
+
+    def _affordable(self, nodes: list[int], k: int, max_step_tokens: int) -> list[int]:
+        """The nodes that can still be expanded within the caps (in order); raise if none."""
+        self.check()
         room_nodes = (self.budget.max_nodes - len(self.tree)) // k
         room_tokens = (self.budget.max_tokens - self.policy_tokens) // (k * max_step_tokens)
         fit = min(len(nodes), room_nodes, room_tokens)

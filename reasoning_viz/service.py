@@ -115,8 +115,8 @@ def make_budget(max_nodes: Any = None, max_tokens: Any = None, max_seconds: Any 
         if value is None or value == "":
             return cap
         value = kind(value)
-        if value <= 0:
-            raise ValueError("budget caps must be positive")
+        if not value > 0:  # also refuses NaN, which min() would keep and which disables the cap
+            raise ValueError("budget caps must be positive numbers")
         return min(value, cap)
 
     return Budget(pick(max_nodes, LIMITS.max_nodes, int), pick(max_tokens, LIMITS.max_tokens, int),

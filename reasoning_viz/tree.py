@@ -265,6 +265,8 @@ def validate(data: Any) -> None:
         for node_id, changes in e.get("updates", {}).items():
             if not str(node_id).lstrip("-").isdigit() or not isinstance(changes, dict) or set(changes) - NODE_FIELDS:
                 raise TreeFormatError(f"event {i} updates unknown fields")
+            if {"id", "parent", "depth"} & set(changes):  # set once at creation, so the tree stays a tree
+                raise TreeFormatError(f"event {i} changes a node's id, parent or depth, which never change")
 
 
 def replay(events: list[Event], upto: int, run: dict[str, Any] | None = None) -> SearchTree:

@@ -42,6 +42,7 @@ def run(ctx: SearchContext, p: MCTSParams) -> None:
     value_sum = {0: 0.0}
     tree.update({0: {"visits": 0, "value": 0.0}}, "backed-up", "MCTS starts at the question")
     for sim in range(1, p.simulations + 1):
+        ctx.check()  # a simulation that only re-visits finished paths never reaches expand's checks
         path = [tree.node(0)]
         while path[-1].status == "expanded":
             kids = [c for c in tree.children(path[-1].id) if c.status != "pruned"]

@@ -140,9 +140,11 @@ def get_models(preset: str, custom_policy: str | None = None, scorer_kind: str |
         raise ValueError(f"Unknown scorer kind {kind!r}. Choose one of: {', '.join(SCORER_KINDS)}.")
     if kind == "calculator":
         scorer = "calculator"
+    elif kind == "self-confidence":
+        scorer = policy  # always the policy itself: a scorer model typed beside it would be ignored
     elif (custom_scorer or "").strip():
         scorer = check_model_ref(custom_scorer)
-    elif kind in ("llm-judge", "self-confidence"):
+    elif kind == "llm-judge":
         scorer = policy  # the policy judges its own steps
     else:
         raise ValueError(f"A {kind} scorer needs a model id or path.")

@@ -80,7 +80,8 @@ def test_self_confidence_through_the_api(client, local_model_dir, monkeypatch):
     assert tree.run["totals"]["scorer_tokens"] > 0 and all(0 < n.step_score <= 1 for n in tree.nodes()[1:])
     monkeypatch.setenv("RV_MODELS_DIR", str(local_model_dir.parent))
     out = run(client, "cot", params=json.dumps({"max_depth": 2, "max_step_tokens": 6}),
-              custom_policy=str(local_model_dir), scorer_kind="self-confidence")
+              custom_policy=str(local_model_dir), scorer_kind="self-confidence",
+              custom_scorer="someone/not-allowed")  # ignored: the policy grades itself, nothing else loads
     assert SearchTree.load(out[7]).run["models"]["scorer"] == "tiny-hub-llama"
 
 

@@ -39,7 +39,7 @@ class LlamaSize:
 
 
 LARGE_SIZE = LlamaSize(256, 4, 8, 704)  # ~3M parameters; the PRM is built on these layers
-STUDENT_SIZE = LlamaSize(192, 2, 4, 512)  # ~1M: about a third of the larger model
+STUDENT_SIZE = LlamaSize(192, 2, 4, 512)  # ~0.9M: under a third of the larger model's parameters
 TOY_SIZE = LlamaSize(32, 1, 2, 64)  # ``--quick`` runs in the tests
 
 

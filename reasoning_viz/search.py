@@ -52,6 +52,9 @@ class Models:
     domain: str | None = None  # "tinygsm" for the bundled models: questions outside it get a warning
 
 
+SCORE_BATCH = 64  # paths per scorer call; the caps are checked between calls
+
+
 class SearchStopped(Exception):
     """Raised inside a strategy when a cap is reached or the user cancels; the run ends cleanly."""
 
@@ -68,7 +71,6 @@ class SearchContext:
         self.cancel = cancel or threading.Event()
         self.started = time.perf_counter()
         self.policy_tokens = 0
-        self.scorer_tokens_start = models.scorer.tokens_scored
         self.seconds_generating = 0.0
         self.seconds_scoring = 0.0
         self.samples: dict[int, StepSample] = {}  # runtime only: the raw sample behind each node
@@ -85,11 +87,12 @@ class SearchContext:
 
     @property
     def scorer_tokens(self) -> int:
-        return self.models.scorer.tokens_scored - self.scorer_tokens_start
+        return self.models.scorer.tokens_scored  # the run's own scorer (``run_search``)
 
     def check(self) -> None:
         """Raise ``SearchStopped`` when the user cancelled or the time cap is reached. ``expand`` calls
-        it; a strategy calls it too in any loop that can go round without expanding (MCTS re-visits)."""
+        it, the generator at every decode step and ``score`` between batches; a strategy calls it too
+        in any loop that can go round without expanding (MCTS re-visits)."""
         if self.cancel.is_set():
             raise SearchStopped("cancelled by the user")
         if self.elapsed >= self.budget.max_seconds:
@@ -119,7 +122,8 @@ class SearchContext:
         t0 = time.perf_counter()
         prefixes = [self.tree.path_token_ids(n) for n in nodes]
         forced = first_tokens[: len(nodes)] if first_tokens is not None else None
-        samples = self.models.generator.expand(prefixes, k, params, generator=self.rng, first_tokens=forced)
+        samples = self.models.generator.expand(prefixes, k, params, generator=self.rng, first_tokens=forced,
+                                               check=self.check)
         self.seconds_generating += time.perf_counter() - t0
         new_ids: list[list[int]] = []
         for node_id, children in zip(nodes, samples):
@@ -135,15 +139,30 @@ class SearchContext:
         return new_ids
 
     def score(self, node_ids: list[int]) -> None:
-        """Score the last step of each node's path with the run's scorer (one batched call)."""
+        """Score the last step of each node's path with the run's scorer, in batches of
+        ``SCORE_BATCH`` paths with the caps checked between them (scoring thousands can take long)."""
         if not node_ids:
             return
         t0 = time.perf_counter()
         paths = [self.tree.steps(n) for n in node_ids]
-        scores = self.models.scorer.score(self.tree.question, paths, gold=self.gold)
+        scores: list[list[float]] = []
+        stopped: SearchStopped | None = None
+        for lo in range(0, len(paths), SCORE_BATCH):
+            try:
+                self.check()
+            except SearchStopped as stop:
+                stopped = stop
+                break
+            scores += self.models.scorer.score(self.tree.question, paths[lo:lo + SCORE_BATCH], gold=self.gold)
         self.seconds_scoring += time.perf_counter() - t0
-        self.tree.set_scores({n: s[-1] for n, s in zip(node_ids, scores)},
-                             f"Scored {len(node_ids)} new step(s) with {self.models.scorer.name}")
+        if scores:
+            self.tree.set_scores({n: s[-1] for n, s in zip(node_ids, scores)},
+                                 f"Scored {len(scores)} new step(s) with {self.models.scorer.name}")
+        if stopped is not None:  # what was generated stays in the tree, marked as never scored
+            unscored = node_ids[len(scores):]
+            self.tree.prune({n: f"not scored: {stopped}" for n in unscored},
+                            f"{len(unscored)} new step(s) left unscored: the search stopped")
+            raise stopped
         self.notify()
 
     def top_first_tokens(self, node_id: int, k: int) -> list[int]:
@@ -261,8 +280,9 @@ def run_search(question: str, strategy: str, models: Models, params: Any = None,
         "system_prompt": models.system_prompt, "versions": library_versions(),
         "warnings": [off_domain] if off_domain else [],
     })
-    if hasattr(models.scorer, "reset"):  # same seed, same tree: no state carried over from other runs
-        models.scorer.reset()
+    # the run's own scorer state (caches, token count): the same seed gives the same tree however
+    # many other runs share the models at the same time
+    models = dataclasses.replace(models, scorer=models.scorer.for_run())
     ctx = SearchContext(tree, models, budget, seed, gold_text, on_update, cancel)
     tree.run["stopped"] = None
     try:

@@ -14,6 +14,7 @@ Nodes stay token ids throughout: nothing is re-tokenised from joined strings.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -75,6 +76,10 @@ class OutOfMemory(RuntimeError):
     """The device ran out of memory even at the smallest batch; the message says what to try."""
 
 
+def _no_check() -> None:
+    pass
+
+
 def _common_prefix_length(seqs: list[list[int]]) -> int:
     first, n = seqs[0], min(len(s) for s in seqs)
     for i in range(n):
@@ -126,8 +131,13 @@ class StepGenerator:
     @torch.inference_mode()
     def expand(self, prefixes: list[list[int]], k: int, params: SamplingParams,
                generator: torch.Generator | None = None,
-               first_tokens: list[list[int]] | None = None) -> list[list[StepSample]]:
-        """``k`` children for each prefix (token ids). ``first_tokens[b][j]`` forces child j's first token."""
+               first_tokens: list[list[int]] | None = None,
+               check: Callable[[], None] | None = None) -> list[list[StepSample]]:
+        """``k`` children for each prefix (token ids). ``first_tokens[b][j]`` forces child j's first token.
+
+        ``check`` is called before every decode step (a search passes its cap and Stop test, which
+        raises): one expansion of thousands of rows can take longer than a run's whole time cap.
+        """
         params.validate()
         if not prefixes or k < 1:
             raise ValueError("expand needs at least one prefix and k >= 1")
@@ -137,7 +147,7 @@ class StepGenerator:
         try:
             while True:
                 try:
-                    return self._expand_all(prefixes, k, params, generator, first_tokens)
+                    return self._expand_all(prefixes, k, params, generator, first_tokens, check or _no_check)
                 except torch.OutOfMemoryError:
                     # halve the batch (through the budget) and retry, down to one row at a time
                     if self._rows_per_chunk(prefixes, params.max_step_tokens) <= 1:
@@ -157,11 +167,12 @@ class StepGenerator:
         per_row = (longest - shared) * self._kv_bytes_per_token
         return max(1, int((self.memory_budget_bytes - shared * self._kv_bytes_per_token) // per_row))
 
-    def _expand_all(self, prefixes, k, params, generator, first_tokens) -> list[list[StepSample]]:
+    def _expand_all(self, prefixes, k, params, generator, first_tokens, check) -> list[list[StepSample]]:
         out: list[list[StepSample]] = []
         for lo, hi, klo, khi in self._chunks(prefixes, k, params.max_step_tokens):
+            check()
             forced = None if first_tokens is None else [f[klo:khi] for f in first_tokens[lo:hi]]
-            part = self._expand_chunk(prefixes[lo:hi], khi - klo, params, generator, forced)
+            part = self._expand_chunk(prefixes[lo:hi], khi - klo, params, generator, forced, check)
             if klo == 0:
                 out.extend(part)
             else:  # a node split across chunks: append the rest of its children
@@ -195,7 +206,7 @@ class StepGenerator:
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                           **{self._cache_kw: cache}, **self._last_logits).logits[:, -1, :].float()
 
-    def _expand_chunk(self, prefixes, k, params, generator, forced):
+    def _expand_chunk(self, prefixes, k, params, generator, forced, check):
         dev = self.device
         b = len(prefixes)
         # 1. prefill the longest common prefix once (leave >= 1 token per row for step 2)
@@ -231,7 +242,7 @@ class StepGenerator:
             forced_first = None
             if forced is not None:
                 forced_first = torch.tensor([t for node in forced for t in node], device=dev)
-            return self._decode(logits, cache, mask, next_pos, rows, k, params, generator, forced_first)
+            return self._decode(logits, cache, mask, next_pos, rows, k, params, generator, forced_first, check)
 
     def _prefill_prefix(self, tokens: list[int], rows: int, cache) -> SharedPrefix | None:
         """Run the rows' common prefix once: into a batch-1 cache of its own that every row will attend
@@ -259,7 +270,7 @@ class StepGenerator:
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
-    def _decode(self, logits, cache, mask, next_pos, rows, k, params, generator, forced_first):
+    def _decode(self, logits, cache, mask, next_pos, rows, k, params, generator, forced_first, check):
         dev = self.device
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logps: list[list[float]] = [[] for _ in range(rows)]
@@ -269,6 +280,8 @@ class StepGenerator:
         prev_ends_nl = torch.zeros(rows, dtype=torch.bool)
         alive = torch.ones(rows, dtype=torch.bool)  # per batch row: still generating
         for t in range(params.max_step_tokens):
+            if t:
+                check()
             tok = self._sample(logits, params, generator)
             if t == 0 and forced_first is not None:
                 tok = forced_first[active]

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from pathlib import Path
@@ -43,6 +44,12 @@ class _Counting:
     @property
     def tokens_scored(self) -> int:
         return self._tokens
+
+    def for_run(self):
+        """The same model with this run's own lock, token count and memo (see ``StepScorer.for_run``)."""
+        run = copy.copy(self)
+        run._lock, run._tokens = threading.Lock(), 0
+        return run
 
 
 class RLHFlowPRM(_Counting):
@@ -226,3 +233,8 @@ class LLMJudge(_Counting):
     def reset(self) -> None:
         with self._lock:
             self._memo.clear()
+
+    def for_run(self) -> "LLMJudge":
+        run = super().for_run()
+        run._memo = {}  # verdicts are kept for one run only (memory stays bounded by the run's caps)
+        return run

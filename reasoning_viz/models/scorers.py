@@ -8,6 +8,7 @@ estimate that Math-Shepherd trains on.
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from collections import Counter, OrderedDict
@@ -35,6 +36,11 @@ class StepScorer(Protocol):
     @property
     def tokens_scored(self) -> int:
         """Tokens this scorer has run through a model so far (0 for rule-based scorers)."""
+        ...
+
+    def for_run(self) -> "StepScorer":
+        """A scorer for one search run: the same weights, but its own caches and token count, so
+        concurrent runs never change each other's scores or totals (``run_search`` takes one per run)."""
         ...
 
 
@@ -140,6 +146,12 @@ class MathShepherdPRM:
             self._cache.clear()
             self._cached_lengths.clear()
             self._cached_bytes = 0
+
+    def for_run(self) -> "MathShepherdPRM":
+        run = copy.copy(self)  # shares the model; the prefix cache, its lock and the count are the run's own
+        run._cache, run._cached_lengths, run._cached_bytes = OrderedDict(), Counter(), 0
+        run._tokens_scored, run._lock = 0, threading.Lock()
+        return run
 
     def _prime(self, question: str) -> None:
         ids = self.tokenizer.encode(question)
@@ -256,6 +268,11 @@ class SelfConfidence:
     def tokens_scored(self) -> int:
         return self._tokens
 
+    def for_run(self) -> "SelfConfidence":
+        run = copy.copy(self)
+        run._tokens, run._lock = 0, threading.Lock()
+        return run
+
     def spans(self, question: str, steps: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
         """The path's token ids (prompt first) and, per step, the positions of its tokens: from the end
         of the step before (its blank line belongs to the step it opens) to its own last token."""
@@ -307,6 +324,9 @@ class CalculatorChecker:
     @property
     def tokens_scored(self) -> int:
         return 0
+
+    def for_run(self) -> "CalculatorChecker":
+        return self  # no state
 
     def check_path(self, question: str, steps: list[str]) -> list[bool]:
         known = {float(x) for x in re.findall(r"\d+(?:\.\d+)?", question)}
@@ -360,12 +380,18 @@ class MCRolloutScorer:
                                      max_step_tokens=params.max_step_tokens * 8, stop_at_step=False)
         self.rollouts = rollouts
         self.system_prompt = system_prompt
+        self.seed = seed
         self._rng = torch.Generator().manual_seed(seed)
         self._tokens = 0
 
     @property
     def tokens_scored(self) -> int:
         return self._tokens
+
+    def for_run(self) -> "MCRolloutScorer":
+        run = copy.copy(self)  # every run draws the same rollouts for the same steps
+        run._rng, run._tokens = torch.Generator().manual_seed(self.seed), 0
+        return run
 
     def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
         prompt = self.generator.prompt_ids(question, self.system_prompt)

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from reasoning_viz.models import presets
+from reasoning_viz import service
+from reasoning_viz.models import loading, presets
 from reasoning_viz.models.generator import OutOfMemory, SamplingParams
-from reasoning_viz.models.presets import PRESETS, check_fits, check_model_ref, trusts_remote_code
+from reasoning_viz.models.presets import PRESETS, check_fits, check_model_ref, estimate_memory_gb, trusts_remote_code
 
 
 def test_typed_ids_need_the_hosts_allowlist(monkeypatch):
@@ -31,10 +32,11 @@ def test_local_paths_only_inside_the_models_folder(monkeypatch, tmp_path):
         check_model_ref(str(inside))
     monkeypatch.setenv("RV_MODELS_DIR", str(tmp_path / "models"))
     assert check_model_ref(str(inside)) == str(inside.resolve())
-    with pytest.raises(ValueError, match="must be inside"):
-        check_model_ref(str(outside))
-    with pytest.raises(ValueError, match="must be inside"):
-        check_model_ref(str(inside / ".." / ".." / "elsewhere"))
+    # one message for "outside the folder" and "no model there" (#20 item 13: nothing of the disk leaks)
+    for ref in (str(outside), str(inside / ".." / ".." / "elsewhere"), str(tmp_path / "models" / "missing")):
+        with pytest.raises(ValueError, match="is not a model folder inside this host's models folder") as err:
+            check_model_ref(ref)
+        assert str(tmp_path / "models") not in str(err.value).replace(ref, "")
 
 
 def test_remote_code_only_for_ids_the_host_marked(monkeypatch):
@@ -48,9 +50,24 @@ def test_remote_code_only_for_ids_the_host_marked(monkeypatch):
 
 def test_a_preset_that_does_not_fit_is_refused(monkeypatch):
     monkeypatch.setattr(presets, "available_memory_gb", lambda device: 4.0)
+    monkeypatch.setattr(loading, "pick_device", lambda: torch.device("cpu"))
     with pytest.raises(ValueError, match="needs about 37.0 GB of CPU RAM"):
-        check_fits(PRESETS["Qwen2.5-Math-1.5B-Instruct + Qwen2.5-Math-PRM-7B"], torch.device("cpu"))
-    check_fits(PRESETS["TinyGSM student + PRM (bundled, CPU)"], torch.device("cpu"))  # fits: no error
+        loading.load_preset("Qwen2.5-Math-1.5B-Instruct + Qwen2.5-Math-PRM-7B")
+    check_fits(PRESETS["TinyGSM student + PRM (bundled, CPU)"].memory_gb, torch.device("cpu"), "it")  # fits
+
+
+def test_a_typed_model_gets_the_same_memory_check_as_its_preset(monkeypatch):
+    """#20 item 8: the same hub pair typed into Custom models skipped the check and started loading."""
+    monkeypatch.setattr(presets, "available_memory_gb", lambda device: 4.0)
+    monkeypatch.setattr(loading, "pick_device", lambda: torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs about 37.0 GB of CPU RAM"):
+        service.get_models("", "Qwen/Qwen2.5-Math-1.5B-Instruct", "qwen-prm", "Qwen/Qwen2.5-Math-PRM-7B")
+    assert estimate_memory_gb([str(presets.BUNDLED_STUDENT), "calculator"]) == pytest.approx(0.01)
+
+
+def test_a_local_model_is_estimated_from_its_weight_files(monkeypatch, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 2**20)
+    assert estimate_memory_gb([str(tmp_path)]) == pytest.approx(2**-10)
 
 
 def test_out_of_memory_halves_the_batch_then_explains(tiny_models, monkeypatch):

@@ -2,7 +2,8 @@
 
 The bundled models live in ``assets/models`` (``presets.BUNDLED_MODELS``); hub ids load the same way
 where a hub is reachable.
-Loaded models are cached per process, so every user of the app shares one instance. CUDA gets
+Loaded models are cached per process (a small LRU, ``MODELS``), so every user of the app shares one
+instance. CUDA gets
 bf16 and SDPA attention; the CPU gets float32.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,7 +20,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ..search import Models
 from .generator import StepGenerator
-from .presets import BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, Preset, check_fits, trusts_remote_code  # noqa: F401
+from . import prm_adapters as pa
+from .presets import (BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, Preset, check_fits,  # noqa: F401
+                      estimate_memory_gb, trusts_remote_code)
 from .scorers import CalculatorChecker, MathShepherdPRM, SelfConfidence, StepScorer
 
 
@@ -49,8 +54,6 @@ def load_causal_lm(name_or_path: str | Path, device: torch.device | None = None
 
 def load_scorer(kind: str, ref: str, device: torch.device) -> StepScorer:
     """The step scorer of the given kind (see ``presets.SCORER_KINDS``)."""
-    from . import prm_adapters as pa
-
     if kind == "calculator":
         return CalculatorChecker()
     if kind == "qwen-prm":
@@ -69,33 +72,79 @@ def load_scorer(kind: str, ref: str, device: torch.device) -> StepScorer:
     raise ValueError(f"unknown scorer kind {kind!r}")
 
 
-_lock = threading.Lock()
-_loaded: dict[tuple, Models] = {}
+class ModelCache:
+    """Loaded model pairs shared by every caller, at most ``max_entries`` (the least recently used go
+    first; a search still running with one keeps it alive until it ends). Each pair loads once, under its
+    own lock: a slow or failing load never holds up callers of models already loaded."""
+
+    def __init__(self, max_entries: int = 4):
+        self.max_entries = max_entries
+        self._models: OrderedDict[tuple, Models] = OrderedDict()
+        self._loading: dict[tuple, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple) -> bool:
+        with self._lock:
+            return key in self._models
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)
+
+    def get(self, key: tuple, load: Callable[[], Models]) -> Models:
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._models:  # loaded by another caller while this one waited
+                    return self._models[key]
+            try:
+                models = load()
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                self._models[key] = models
+                while len(self._models) > self.max_entries:
+                    self._models.popitem(last=False)
+            return models
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+MODELS = ModelCache()
 
 
 def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str | None = None,
-                temperature: float = 0.8) -> Models:
-    """A policy + scorer pair, loaded once per process and shared by every caller."""
+                temperature: float = 0.8, memory_gb: float | None = None, name: str | None = None) -> Models:
+    """A policy + scorer pair, loaded once and shared by every caller (``MODELS``). Refuses, before
+    loading, a pair whose weights (``memory_gb``, else estimated) do not fit this machine."""
     key = (policy, scorer, scorer_kind, system_prompt, temperature)
-    with _lock:
-        if key not in _loaded:
-            device = pick_device()
-            model, tokenizer = load_causal_lm(policy, device)
-            budget = float(os.environ.get("RV_KV_BUDGET_MB", "1024"))
-            generator = StepGenerator(model, tokenizer, memory_budget_mb=budget)
-            if scorer_kind == "self-confidence":  # the policy grades itself: no second model
-                scorer_obj: StepScorer = SelfConfidence(generator, system_prompt)
-            elif scorer == policy and scorer_kind == "llm-judge":  # one model plays both parts
-                from .prm_adapters import LLMJudge
 
-                scorer_obj = LLMJudge(model, tokenizer)
-            else:
-                scorer_obj = load_scorer(scorer_kind, scorer, device)
-            bundled = Path(policy).resolve() in {m.resolve() for m in BUNDLED_MODELS}
-            _loaded[key] = Models(generator, scorer_obj, policy_id=_short(policy), scorer_id=_short(scorer),
-                                  system_prompt=system_prompt, temperature=temperature,
-                                  domain="tinygsm" if bundled else None)
-        return _loaded[key]
+    def load() -> Models:
+        device = pick_device()
+        need = memory_gb if memory_gb is not None else estimate_memory_gb([policy, scorer])
+        if need is not None:
+            check_fits(need, device, name or "This model pair")
+        model, tokenizer = load_causal_lm(policy, device)
+        budget = float(os.environ.get("RV_KV_BUDGET_MB", "1024"))
+        generator = StepGenerator(model, tokenizer, memory_budget_mb=budget)
+        if scorer_kind == "self-confidence":  # the policy grades itself: no second model
+            scorer_obj: StepScorer = SelfConfidence(generator, system_prompt)
+        elif scorer == policy and scorer_kind == "llm-judge":  # one model plays both parts
+            scorer_obj = pa.LLMJudge(model, tokenizer)
+        else:
+            scorer_obj = load_scorer(scorer_kind, scorer, device)
+        bundled = Path(policy).resolve() in {m.resolve() for m in BUNDLED_MODELS}
+        return Models(generator, scorer_obj, policy_id=_short(policy), scorer_id=_short(scorer),
+                      system_prompt=system_prompt, temperature=temperature, domain="tinygsm" if bundled else None)
+
+    return MODELS.get(key, load)
 
 
 def load_preset(name: str) -> Models:
@@ -103,10 +152,8 @@ def load_preset(name: str) -> Models:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {list(PRESETS)}")
     p: Preset = PRESETS[name]
-    key = (p.policy, p.scorer, p.scorer_kind, p.system_prompt, p.temperature)
-    if key not in _loaded:
-        check_fits(p, pick_device())
-    return load_models(p.policy, p.scorer, p.scorer_kind, p.system_prompt, p.temperature)
+    return load_models(p.policy, p.scorer, p.scorer_kind, p.system_prompt, p.temperature, memory_gb=p.memory_gb,
+                       name=f"The preset {p.name!r}")
 
 
 def _short(name: str) -> str:

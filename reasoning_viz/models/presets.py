@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import get_safetensors_metadata
 
 ASSETS_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
 # The bundled trio, the real-world shape in miniature: a small student policy (the default), a larger
@@ -91,16 +92,15 @@ def check_model_ref(ref: str) -> str:
         raise ValueError("The model id is empty.")
     if ref in preset_ids():
         return ref
-    looks_local = ref.startswith((".", "/", "~")) or Path(ref).exists()
-    if looks_local:
+    # only an explicit path is local: whether some relative path exists must not change the answer
+    if ref.startswith((".", "/", "~")):
         root = os.environ.get("RV_MODELS_DIR")
         if not root:
             raise ValueError("Local model paths are off on this host (it sets no RV_MODELS_DIR).")
         path, base = Path(ref).expanduser().resolve(), Path(root).expanduser().resolve()
-        if base != path and base not in path.parents:
-            raise ValueError(f"Local models must be inside {base}.")
-        if not (path / "config.json").exists():
-            raise ValueError(f"{ref} is not a model folder (no config.json).")
+        # one message whether the path is outside the folder or has no model: it reveals nothing of the disk
+        if (base != path and base not in path.parents) or not (path / "config.json").is_file():
+            raise ValueError(f"{ref} is not a model folder inside this host's models folder (RV_MODELS_DIR).")
         return str(path)
     if ref not in _env_list("RV_ALLOWED_MODELS"):
         raise ValueError(f"{ref!r} is not on this host's list of allowed models (RV_ALLOWED_MODELS).")
@@ -124,11 +124,38 @@ def available_memory_gb(device: torch.device) -> float:
         return float("inf")  # cannot tell: let the load try
 
 
-def check_fits(preset: Preset, device: torch.device) -> None:
-    """Refuse, with a clear message, a preset whose weights do not fit the device's free memory."""
-    need = preset.memory_gb * (1.0 if device.type == "cuda" else 2.0)  # float32 on a CPU
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.pt")
+
+
+def estimate_memory_gb(refs: list[str]) -> float | None:
+    """Weights in bf16 of typed models (as ``Preset.memory_gb`` states them), or None if it cannot tell.
+
+    A preset's pair takes the preset's figure (a model of a preset alone, at most that); a local folder,
+    the size of its weight files; a hub id, its parameter count from the hub's safetensors metadata."""
+    for p in PRESETS.values():
+        if list(dict.fromkeys(refs)) == list(dict.fromkeys([p.policy, p.scorer])):
+            return p.memory_gb
+    total = 0.0
+    for ref in dict.fromkeys(r for r in refs if r != "calculator"):
+        known = [p.memory_gb for p in PRESETS.values() if ref in (p.policy, p.scorer)]  # bounds: pairs with it
+        if known:
+            total += min(known)
+        elif ref.startswith("/"):
+            total += sum(f.stat().st_size for pattern in WEIGHT_FILES for f in Path(ref).glob(pattern)) / 2**30
+        else:
+            try:
+                counts = get_safetensors_metadata(ref).parameter_count
+                total += 2 * sum(counts.values()) / 2**30
+            except Exception:  # offline, private, or no safetensors: loading will say what is wrong
+                return None
+    return total
+
+
+def check_fits(memory_gb: float, device: torch.device, name: str) -> None:
+    """Refuse, with a clear message, models whose weights (``memory_gb`` in bf16) do not fit the device."""
+    need = memory_gb * (1.0 if device.type == "cuda" else 2.0)  # float32 on a CPU
     have = available_memory_gb(device)
     if need > have:
         where = "GPU" if device.type == "cuda" else "CPU RAM"
-        raise ValueError(f"The preset {preset.name!r} needs about {need:.1f} GB of {where}; this machine has "
-                         f"{have:.1f} GB free. Pick a smaller preset.")
+        raise ValueError(f"{name} needs about {need:.1f} GB of {where}; this machine has {have:.1f} GB free. "
+                         "Pick a smaller preset or model.")

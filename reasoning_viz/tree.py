@@ -218,10 +218,13 @@ class SearchTree:
         validate(data)
         events = [Event.from_json(e) for e in data["events"]]
         tree = replay(events, len(events) - 1, run=data["run"])
-        saved = {int(n["id"]): n for n in data["nodes"]}
+        saved = {n["id"]: n for n in data["nodes"]}
         rebuilt = {n.id: asdict(n) for n in tree.nodes()}
         if saved != rebuilt:
             raise TreeFormatError("the node list does not match what the event log builds")
+        chosen = (tree.run.get("selection") or {}).get("node_id")
+        if chosen is not None and chosen not in tree.graph:
+            raise TreeFormatError(f"the selection names node {chosen}, which is not in the tree")
         return tree
 
     @classmethod
@@ -230,6 +233,8 @@ class SearchTree:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TreeFormatError(f"not a JSON file: {exc}") from None
+        except RecursionError:
+            raise TreeFormatError("the JSON is nested too deeply to be a tree") from None
         return cls.from_json(data)
 
     @classmethod
@@ -237,14 +242,86 @@ class SearchTree:
         return cls.loads(Path(path).read_bytes())
 
 
+MAX_TEXT = 20_000  # characters of one step, message or run field
+# What each node field may hold in a file (``None`` where the field is optional); numbers must be finite.
+_NODE_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (int,), "parent": (int, type(None)), "depth": (int,), "text": (str,), "num_tokens": (int,),
+    "step_score": (float, type(None)), "path_score": (dict, type(None)), "visits": (int, type(None)),
+    "value": (float, type(None)), "prior": (float, type(None)), "mean_logprob": (float, type(None)),
+    "confidence": (float, type(None)), "status": (str,), "reason": (str, type(None)), "answer": (str, type(None)),
+    "correct": (bool, type(None)), "selected": (bool,), "stage": (str, type(None)), "finish": (str, type(None)),
+    "event": (int,),
+}
+FINISHES = ("step", "eos", "length")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x - x == 0  # NaN and inf fail
+
+
+def _check_field(name: str, value: Any, where: str) -> None:
+    kinds = _NODE_TYPES[name]
+    ok = any(isinstance(value, k) and not (k is int and isinstance(value, bool)) for k in kinds)
+    if float in kinds and _finite(value):
+        ok = True  # JSON writes 1.0 as 1
+    if not ok or (isinstance(value, float) and not _finite(value)):
+        raise TreeFormatError(f"{where}: field {name!r} has a wrong value")
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise TreeFormatError(f"{where}: field {name!r} is longer than {MAX_TEXT} characters")
+    if name == "status" and value not in STATUSES:
+        raise TreeFormatError(f"{where}: unknown status {value[:40]!r}")
+    if name == "finish" and value is not None and value not in FINISHES:
+        raise TreeFormatError(f"{where}: unknown finish {value[:40]!r}")
+    if name == "path_score" and value is not None and not all(
+            k in AGGREGATIONS and _finite(v) for k, v in value.items()):
+        raise TreeFormatError(f"{where}: path_score must map {', '.join(AGGREGATIONS)} to numbers")
+
+
+def _check_run(run: dict) -> None:
+    """The run fields the app reads, typed; unknown extra fields are kept as they are."""
+    text = {"question": True, "strategy": True, "gold": False, "stopped": False, "system_prompt": False}
+    for key, required in text.items():
+        value = run.get(key)
+        if (value is None and required) or (value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT)):
+            raise TreeFormatError(f"the run's {key!r} is missing or not text")
+    warnings = run.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) and len(w) < MAX_TEXT for w in warnings):
+        raise TreeFormatError("the run's 'warnings' must be a list of sentences")
+    for key in ("budget", "totals", "params", "models", "versions"):
+        value = run.get(key, {})
+        if not isinstance(value, dict) or not all(
+                isinstance(v, (str, bool, type(None))) or _finite(v) for v in value.values()):
+            raise TreeFormatError(f"the run's {key!r} must be an object of plain values")
+    budget = run.get("budget") or {}
+    if budget and not all(_finite(budget.get(k)) and budget[k] > 0 for k in ("max_nodes", "max_tokens", "max_seconds")):
+        raise TreeFormatError("the run's budget needs positive max_nodes, max_tokens and max_seconds")
+    totals = run.get("totals") or {}
+    needed = ("nodes", "policy_tokens", "scorer_tokens", "seconds_total", "seconds_generating",
+              "seconds_scoring", "seconds_other")
+    if totals and not all(_finite(totals.get(k)) for k in needed):
+        raise TreeFormatError("the run's totals are incomplete")
+    selection = run.get("selection")
+    if selection is not None:
+        if not isinstance(selection, dict) or set(selection) != {"rule", "answer", "node_id", "score", "votes", "detail"}:
+            raise TreeFormatError("the run's selection is malformed")
+        ok = (isinstance(selection["rule"], str) and isinstance(selection["detail"], str)
+              and isinstance(selection["answer"], (str, type(None)))
+              and (selection["node_id"] is None or (isinstance(selection["node_id"], int)
+                                                    and not isinstance(selection["node_id"], bool)))
+              and (selection["score"] is None or _finite(selection["score"]))
+              and isinstance(selection["votes"], dict) and all(_finite(v) for v in selection["votes"].values()))
+        if not ok or len(selection["detail"]) > MAX_TEXT or len(selection["votes"]) > 10_000:
+            raise TreeFormatError("the run's selection is malformed")
+
+
 def validate(data: Any) -> None:
-    """Check the shape of a tree record before trusting it; clear messages for people."""
+    """Check a tree record completely before trusting it (types, ids, sizes); clear messages for people."""
     if not isinstance(data, dict):
         raise TreeFormatError("a tree file must hold a JSON object")
     if data.get("schema") != SCHEMA:
-        raise TreeFormatError(f"not a search-tree file (schema {data.get('schema')!r}, expected {SCHEMA!r})")
+        raise TreeFormatError(f"not a search-tree file (schema {str(data.get('schema'))[:60]!r}, expected {SCHEMA!r})")
     version = data.get("version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise TreeFormatError("the file has no integer 'version'")
     if version > SCHEMA_VERSION:
         raise TreeFormatError(f"this file is format version {version}, newer than this app understands "
@@ -254,19 +331,30 @@ def validate(data: Any) -> None:
             raise TreeFormatError(f"'{key}' is missing or not a {kind.__name__}")
     if not data["events"]:
         raise TreeFormatError("the event log is empty")
+    _check_run(data["run"])
     for i, e in enumerate(data["events"]):
-        if not isinstance(e, dict) or e.get("index") != i or "kind" not in e or "message" not in e:
+        if (not isinstance(e, dict) or e.get("index") != i or not isinstance(e.get("kind"), str)
+                or not isinstance(e.get("message"), str) or not isinstance(e.get("new_nodes", []), list)
+                or not isinstance(e.get("updates", {}), dict) or set(e) - {"index", "kind", "message", "new_nodes", "updates"}):
             raise TreeFormatError(f"event {i} is malformed")
+        if len(e["kind"]) > 40 or len(e["message"]) > MAX_TEXT:
+            raise TreeFormatError(f"event {i}: its kind or message is too long")
         for n in e.get("new_nodes", []):
             if not isinstance(n, dict) or set(n) != NODE_FIELDS:
                 raise TreeFormatError(f"event {i} creates a node with wrong fields")
-            if n["status"] not in STATUSES:
-                raise TreeFormatError(f"event {i}: unknown status {n['status']!r}")
+            for name, value in n.items():
+                _check_field(name, value, f"event {i}")
         for node_id, changes in e.get("updates", {}).items():
-            if not str(node_id).lstrip("-").isdigit() or not isinstance(changes, dict) or set(changes) - NODE_FIELDS:
+            if not str(node_id).lstrip("-").isdigit() or len(str(node_id)) > 12 or not isinstance(changes, dict) \
+                    or set(changes) - NODE_FIELDS:
                 raise TreeFormatError(f"event {i} updates unknown fields")
             if {"id", "parent", "depth"} & set(changes):  # set once at creation, so the tree stays a tree
                 raise TreeFormatError(f"event {i} changes a node's id, parent or depth, which never change")
+            for name, value in changes.items():
+                _check_field(name, value, f"event {i}")
+    for n in data["nodes"]:
+        if not isinstance(n, dict) or set(n) != NODE_FIELDS:
+            raise TreeFormatError("the node list has a node with wrong fields")
 
 
 def replay(events: list[Event], upto: int, run: dict[str, Any] | None = None) -> SearchTree:
@@ -285,6 +373,9 @@ def replay(events: list[Event], upto: int, run: dict[str, Any] | None = None) ->
                 raise TreeFormatError(f"node {node.id} names a parent {node.parent} that does not exist")
             if node.id in tree.graph:
                 raise TreeFormatError(f"node {node.id} is created twice")
+            expected = 0 if node.parent is None else tree.node(node.parent).depth + 1
+            if node.depth != expected or (node.parent is None and tree.graph):
+                raise TreeFormatError(f"node {node.id} has depth {node.depth}, but its place in the tree says {expected}")
             tree.graph.add_node(node.id, node=node)
             if node.parent is not None:
                 tree.graph.add_edge(node.parent, node.id)

@@ -34,7 +34,7 @@ def _wrap(text: str, width: int = 70, max_lines: int = 12) -> str:
 
 
 def _hover(tree: SearchTree, n) -> str:
-    parts = [f"<b>node {n.id}</b> · depth {n.depth} · {n.status}" + (f" ({n.stage})" if n.stage else "")]
+    parts = [f"<b>node {n.id}</b> · depth {n.depth} · {n.status}" + (f" ({html.escape(n.stage)})" if n.stage else "")]
     parts.append(_wrap(n.text if n.id else "Question: " + n.text))
     if n.step_score is not None:
         parts.append(f"step score {n.step_score:.3f}")
@@ -83,7 +83,7 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560,
                        else "diamond" if n.status == "terminal" else "circle")
         opac.append(0.35 if n.status == "pruned" else 1.0)
         mark = "" if n.correct is None else ("✓" if n.correct else "✗")
-        labels.append(f"{n.answer}{mark}" if n.status == "terminal" and n.answer is not None else "")
+        labels.append(html.escape(f"{n.answer}{mark}") if n.status == "terminal" and n.answer is not None else "")
         lines.append(SELECTED if n.selected else "#ffffff" if n.id != highlight else "#000000")
     fig.add_trace(Scatter(
         x=[pos[n.id][0] for n in nodes], y=[pos[n.id][1] for n in nodes], mode="markers+text",
@@ -103,7 +103,7 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560,
                               hoverinfo="text", showlegend=False, name="unscored"))
     strategy = tree.run.get("strategy", "")
     fig.update_layout(
-        title=dict(text=title if title is not None else f"{strategy} · {len(nodes)} nodes", x=0.01),
+        title=dict(text=html.escape(title if title is not None else f"{strategy} · {len(nodes)} nodes"), x=0.01),
         height=height, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
         xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor=None),
         hoverlabel=dict(align="left"), dragmode="pan", uirevision=tree.run.get("question", "tree"),
@@ -117,9 +117,9 @@ def vote_figure(selection: Selection | dict | None, height: int = 260) -> go.Fig
     fig = go.Figure()
     if sel and sel.votes:
         answers = sorted(sel.votes, key=lambda a: -sel.votes[a])[:12]
-        fig.add_trace(go.Bar(x=[str(a) for a in answers], y=[sel.votes[a] for a in answers],
+        fig.add_trace(go.Bar(x=[html.escape(str(a)) for a in answers], y=[sel.votes[a] for a in answers],
                              marker_color=[SELECTED if a == sel.answer else "#b0b4ba" for a in answers]))
-        fig.update_layout(title=dict(text=f"{sel.rule} per answer", x=0.01), xaxis=dict(type="category"))
+        fig.update_layout(title=dict(text=html.escape(f"{sel.rule} per answer"), x=0.01), xaxis=dict(type="category"))
     else:
         text = sel.detail if sel else "No answer yet."
         fig.add_annotation(text=html.escape(text), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")

@@ -7,15 +7,36 @@ import re
 from ..tree import Node, SearchTree
 
 _EQUATION = re.compile(r"(?<![\w$\\])(-?\d+(?:\.\d+)?(?:\s*[-+*/×÷]\s*-?\d+(?:\.\d+)?)+\s*=\s*-?\d+(?:\.\d+)?)")
-_BOXED = re.compile(r"(?<!\$)(\\boxed\{[^{}]*\})")
+_BOXED = re.compile(r"(\\boxed\{[^{}$]*\})")
+# LaTeX a model wrote itself: KaTeX renders it as math (never as links or images), so it stays as is
+_WRITTEN_MATH = re.compile(r"(\$\$.+?\$\$|\$[^$\n]+?\$|\\\(.+?\\\)|\\\[.+?\\\])", re.S)
+# what Markdown or HTML could turn into something else; ':', '@' and "www." so nothing becomes an autolink
+_MARKDOWN = re.compile(r"([\\`*_\[\]()#!|<>~&$:@])|(?<=www)(\.)", re.I)
+
+
+def plain(text: object) -> str:
+    """Text from a tree (a model's step, an uploaded file) for a Markdown panel: every Markdown and HTML
+    character written as an HTML entity, so it shows as the character it is and never becomes a link,
+    an image or a tag (entities, not backslashes: ``\\(`` and ``\\[`` open math in the app's panels)."""
+    return _MARKDOWN.sub(lambda m: f"&#{ord(m[0])};", str(text))
 
 
 def math_markdown(text: str) -> str:
-    """Step text with bare equations and ``\\boxed{}`` wrapped in ``$...$`` so KaTeX renders them."""
-    if "$" in text or "\\(" in text or "\\[" in text:
-        return text  # the model already wrote LaTeX delimiters
-    text = _EQUATION.sub(lambda m: "$" + m[1].replace("*", r"\times").replace("/", r"\div") + "$", text)
-    return _BOXED.sub(r"$\1$", text)
+    """Step text for a Markdown panel: plain text (``plain``), except the math in it, which KaTeX
+    renders: LaTeX the model wrote, else bare equations and ``\\boxed{}`` wrapped in ``$...$``."""
+    parts = _WRITTEN_MATH.split(text)
+    if len(parts) > 1:  # odd items are the model's own math
+        return "".join(p if i % 2 else plain(p) for i, p in enumerate(parts))
+    out, last = [], 0
+    spans = [(m.start(1), m.end(1), "$" + m[1].replace("*", r"\times").replace("/", r"\div") + "$")
+             for m in _EQUATION.finditer(text)]
+    spans += [(m.start(1), m.end(1), "$" + m[1] + "$") for m in _BOXED.finditer(text)
+              if not any(a <= m.start(1) < b for a, b, _ in spans)]
+    for start, end, math in sorted(spans):
+        out += [plain(text[last:start]), math]
+        last = end
+    out.append(plain(text[last:]))
+    return "".join(out)
 
 
 def _score(x: float | None) -> str:
@@ -39,13 +60,13 @@ def path_markdown(tree: SearchTree, node_id: int) -> str:
             flags.append(f"MCTS visits {n.visits}, value {_score(n.value)}, prior {_score(n.prior)}")
         if n.confidence is not None:
             flags.append(f"answer confidence {n.confidence:.3f}")
-        status = n.status + (f" — {n.reason}" if n.reason else "") + (f" · stage {n.stage}" if n.stage else "")
+        status = n.status + (f" — {plain(n.reason)}" if n.reason else "") + (f" · stage {plain(n.stage)}" if n.stage else "")
         out.append(f"**Step {n.depth}** (node {n.id}, {status})  \n{math_markdown(n.text)}  \n"
                    f"<small>{' · '.join(flags)}</small>")
         out.append("")
     last = path[-1]
     if last.answer is not None:
-        out.append(f"**Answer:** {last.answer}{_mark(last)}")
+        out.append(f"**Answer:** {plain(last.answer)}{_mark(last)}")
     elif last.id == 0:
         out.append("_This is the question (the root). Click a step to see its path._")
     return "\n".join(out)
@@ -79,7 +100,7 @@ def progress_line(tree: SearchTree, totals: dict | None = None, done: bool = Fal
         parts.append(f"budget used {min(1.0, used):.0%}")
     state = "done" if done else "searching…"
     if run.get("stopped"):
-        state = f"stopped: {run['stopped']}"
+        state = f"stopped: {plain(run['stopped'])}"
     return " · ".join(parts) + f" — {state}"
 
 
@@ -90,23 +111,23 @@ def answer_markdown(tree: SearchTree) -> str:
         return "_No answer yet._"
     lines = []
     if sel["answer"] is None:
-        lines.append(f"### No answer\n{sel['detail']}")
+        lines.append(f"### No answer\n{plain(sel['detail'])}")
     else:
         node = tree.node(sel["node_id"]) if sel["node_id"] is not None else None
         verdict = ""
         if node is not None and node.correct is not None:
-            verdict = " ✓ correct" if node.correct else f" ✗ wrong (gold {tree.run.get('gold')})"
-        lines.append(f"### Answer: {sel['answer']}{verdict}\n{sel['detail']}")
+            verdict = " ✓ correct" if node.correct else f" ✗ wrong (gold {plain(tree.run.get('gold'))})"
+        lines.append(f"### Answer: {plain(sel['answer'])}{verdict}\n{plain(sel['detail'])}")
         if node is not None:
             lines.extend(weak_step_warning(tree, node.id))
-    lines.extend(f"⚠️ {w}" for w in tree.run.get("warnings") or [])
+    lines.extend(f"⚠️ {plain(w)}" for w in tree.run.get("warnings") or [])
     t = tree.run.get("totals")
     if t:
         lines.append(f"{t['nodes']} nodes · {t['policy_tokens']} policy tokens · {t['scorer_tokens']} PRM tokens · "
                      f"{t['seconds_total']:.1f} s (generating {t['seconds_generating']:.1f} s, scoring "
                      f"{t['seconds_scoring']:.1f} s, other {t['seconds_other']:.1f} s)")
     if tree.run.get("stopped"):
-        lines.append(f"⚠️ The search stopped early: {tree.run['stopped']}.")
+        lines.append(f"⚠️ The search stopped early: {plain(tree.run['stopped'])}.")
     return "\n\n".join(lines)
 
 
@@ -130,4 +151,4 @@ def weak_step_warning(tree: SearchTree, node_id: int) -> list[str]:
 def event_markdown(tree: SearchTree, index: int) -> str:
     """One event of the log, in words, with its position."""
     e = tree.events[index]
-    return f"**Event {index} of {len(tree.events) - 1}** ({e.kind}): {e.message}"
+    return f"**Event {index} of {len(tree.events) - 1}** ({plain(e.kind)}): {plain(e.message)}"

@@ -8,10 +8,11 @@ Run: ``python app.py`` (binds 127.0.0.1:7860; set GRADIO_SERVER_NAME=0.0.0.0 to 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect as pyinspect
 import json
+import logging
 import os
-import tempfile
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -27,7 +28,7 @@ from reasoning_viz.render.text import (NODE_COLUMNS, answer_markdown, event_mark
 from reasoning_viz.strategies import STRATEGIES  # noqa: E402
 from reasoning_viz.tree import AGGREGATIONS, SearchTree, replay  # noqa: E402
 
-EXPORT_DIR = Path(tempfile.mkdtemp(prefix="reasoning-viz-"))
+log = logging.getLogger("reasoning_viz.app")
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False},
          {"left": "\\(", "right": "\\)", "display": False}, {"left": "\\[", "right": "\\]", "display": True}]
 
@@ -83,10 +84,57 @@ def _error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), print_exception=False)
 
 
+USER_ERRORS = (ValueError, OutOfMemory)  # their message is a sentence for the user
+
+
+def _failure(exc: Exception, what: str) -> gr.Error:
+    if isinstance(exc, USER_ERRORS):
+        return _error(exc)
+    if isinstance(exc, RecursionError):
+        return _error(ValueError("The input is nested too deeply."))
+    log.error("%s failed", what, exc_info=exc)  # the trace stays in the server's log
+    return _error(ValueError(f"Something went wrong while {what} ({type(exc).__name__}); the server logged it "
+                             "and keeps serving. Try again, or with a smaller search."))
+
+
+def user_errors(what: str):
+    """Every endpoint's guard: whatever goes wrong, the caller gets one sentence, never a trace or an
+    empty "Error", and the server keeps serving (generators too: a streamed run)."""
+    def wrap(fn):
+        if pyinspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except Exception as exc:
+                    raise _failure(exc, what) from None
+            return gen
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise _failure(exc, what) from None
+        return call
+    return wrap
+
+
+def _tree_json(tree_json) -> SearchTree:
+    """The tree a session holds (or an API caller sent back), validated like an upload."""
+    if not tree_json:
+        raise ValueError("Run a search or load a tree first.")
+    return SearchTree.from_json(tree_json)
+
+
 def _tree_outputs(tree: SearchTree, done: bool):
     """What every view shows for a tree: figure, progress, answer, votes, table, replay, file, state."""
     sel = tree.run.get("selection")
-    file = str(service.export_tree(tree, EXPORT_DIR)) if done else None
+    file = str(service.export_tree(tree)) if done else None
     last = len(tree.events) - 1
     return (tree_figure(tree), progress_line(tree, done=done), answer_markdown(tree) if done else "_Searching…_",
             vote_figure(sel), gr.Dataframe(value=node_rows(tree), headers=NODE_COLUMNS),
@@ -94,10 +142,11 @@ def _tree_outputs(tree: SearchTree, done: bool):
             event_markdown(tree, last), file, tree.to_json())  # nodes can be inspected mid-search too
 
 
+@user_errors("reading the settings")
 def collect_params(strategy: str, *values) -> str:
     """The chosen strategy's widget values as the JSON the run endpoint takes."""
     if strategy not in STRATEGIES:
-        raise _error(ValueError(f"Unknown strategy {strategy!r}."))
+        raise ValueError(f"Unknown strategy {str(strategy)[:40]!r}.")
     out = {}
     for (name, field), value in zip(PARAM_KEYS, values):
         if name == strategy:
@@ -105,103 +154,102 @@ def collect_params(strategy: str, *values) -> str:
     return json.dumps(out)
 
 
+@user_errors("running the search")
 def run(question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
-        custom_policy="", scorer_kind="", custom_scorer="", request: gr.Request = None):
-    """Run a search and stream the growing tree; the final yield carries the answer and files."""
-    try:
-        values = json.loads(params_json or "{}")
-        if not isinstance(values, dict):
-            raise ValueError("params must be a JSON object of hyperparameters")
-        params = service.make_params(strategy, values)
-        budget = service.make_budget(max_nodes, max_tokens, max_seconds)
-        service.clean_question(question)
-        seed = int(seed or 0)
-        models = service.get_models(preset, custom_policy, scorer_kind, custom_scorer)
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise _error(exc) from None
-    run_id = request.session_hash if request is not None and request.session_hash else service.new_run_id()
-    try:
-        for tree, done in service.stream_search(question, strategy, models, params, seed, budget,
-                                                (gold or "").strip() or None, run_id):
-            yield _tree_outputs(tree, done)
-    except (ValueError, OutOfMemory) as exc:  # the server keeps serving; the user gets the reason
-        raise _error(exc) from None
+        custom_policy="", scorer_kind="", custom_scorer="", run_name="", request: gr.Request = None):
+    """Run a search and stream the growing tree; the final yield carries the answer and files.
+    ``run_name`` (optional) names the run so that ``/stop`` can stop it alone."""
+    if not isinstance(params_json, (str, type(None))):
+        raise ValueError("params must be a JSON object of hyperparameters")
+    values = json.loads(params_json or "{}")
+    params = service.make_params(strategy, values)
+    budget = service.make_budget(max_nodes, max_tokens, max_seconds)
+    service.clean_question(question)
+    seed = int(service.number(seed or 0, "seed", whole=True))
+    if not isinstance(gold, (str, type(None))) or not isinstance(run_name, (str, type(None))):
+        raise ValueError("The gold answer and the run name must be text.")
+    models = service.get_models(preset, custom_policy, scorer_kind, custom_scorer)
+    for tree, done in service.stream_search(question, strategy, models, params, seed, budget,
+                                            (gold or "").strip()[:200] or None, _session(request), run_name):
+        yield _tree_outputs(tree, done)
 
 
-def stop(request: gr.Request) -> str:
-    stopped = service.cancel(request.session_hash if request is not None else None)
+def _session(request: gr.Request | None) -> str:
+    return request.session_hash if request is not None and request.session_hash else service.new_run_id()
+
+
+@user_errors("stopping")
+def stop(run_name: str = "", request: gr.Request = None) -> str:
+    """Stop this session's run named ``run_name``, or all of its runs when it is empty."""
+    if not isinstance(run_name, (str, type(None))):
+        raise ValueError("The run name must be text.")
+    stopped = service.cancel(request.session_hash if request is not None else None, run_name)
     return "Stopping… the partial tree will stay." if stopped else "Nothing is running."
 
 
+@user_errors("inspecting the node")
 def inspect(node_id, tree_json):
     """The inspector for one node (from a click on the plot, the table, or the API)."""
-    if not tree_json:
-        raise _error(ValueError("Run a search or load a tree first."))
-    tree = SearchTree.from_json(tree_json)
+    tree = _tree_json(tree_json)
     try:
-        node = int(float(node_id))
+        node = int(service.number(node_id, "node id", whole=True))
         tree.node(node)
-    except (TypeError, ValueError, KeyError):
-        raise _error(ValueError(f"There is no node {node_id!r} in this tree (ids run 0-{len(tree) - 1}).")) from None
+    except (ValueError, KeyError):
+        raise ValueError(f"There is no node {str(node_id)[:20]!r} in this tree (ids run 0-{len(tree) - 1}).") from None
     return path_markdown(tree, node), node
 
 
+@user_errors("inspecting the node")
 def pick_row(tree_json, evt: gr.SelectData):
     row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
     return inspect(row, tree_json)
 
 
+@user_errors("replaying the search")
 def replay_to(t, tree_json):
-    if not tree_json:
-        raise _error(ValueError("Run a search or load a tree first."))
-    tree = SearchTree.from_json(tree_json)
-    t = max(0, min(int(t or 0), len(tree.events) - 1))
+    tree = _tree_json(tree_json)
+    t = max(0, min(int(service.number(t or 0, "event", whole=False)), len(tree.events) - 1))
     past = replay(tree.events, t, run=tree.run)
     return tree_figure(past, title=f"after event {t} of {len(tree.events) - 1}"), event_markdown(tree, t)
 
 
+@user_errors("opening the file")
 def load_file(path):
-    try:
-        tree = service.import_tree(path)
-    except ValueError as exc:
-        raise _error(exc) from None
-    return _tree_outputs(tree, True)
+    return _tree_outputs(service.import_tree(path), True)
 
 
+@user_errors("opening the recorded run")
 def load_gallery(title):
     runs = service.gallery_runs()
-    if title not in runs:
-        raise _error(ValueError("Choose a recorded run from the list."))
+    if not isinstance(title, str) or title not in runs:
+        raise ValueError("Choose a recorded run from the list.")
     return _tree_outputs(SearchTree.load(runs[title]), True)
 
 
+@user_errors("making the HTML page")
 def make_html(tree_json):
-    if not tree_json:
-        raise _error(ValueError("Run a search or load a tree first."))
-    tree = SearchTree.from_json(tree_json)
-    path = EXPORT_DIR / f"reasoning-tree-{tree.run.get('strategy', 'run')}.html"
-    path.write_text(standalone_html(tree_figure(tree), tree.question[:80]), encoding="utf-8")
-    return str(path)
+    tree = _tree_json(tree_json)
+    return str(service.export_html(tree, standalone_html(tree_figure(tree), tree.question[:80])))
 
 
-def compare(question, gold, strategies, preset, seed, n, max_nodes, max_tokens, max_seconds):
+@user_errors("comparing the strategies")
+def compare(question, gold, strategies, preset, seed, n, max_nodes, max_tokens, max_seconds,
+            request: gr.Request = None):
     """Run 2-4 strategies on one question with one seed and budget; stream each as it finishes."""
-    try:
-        question = service.clean_question(question)
-        if not strategies or not 2 <= len(strategies) <= 4:
-            raise ValueError("Pick two to four strategies to compare.")
-        budget = service.make_budget(max_nodes, max_tokens, max_seconds)
-        plans = [(s, service.make_params(s, {"n": n} if n else {})) for s in strategies]
-        models = service.get_models(preset)
-    except (ValueError, TypeError) as exc:
-        raise _error(exc) from None
+    question = service.clean_question(question)
+    if not isinstance(strategies, list) or not 2 <= len(strategies) <= 4 or len(set(map(str, strategies))) < len(strategies):
+        raise ValueError("Pick two to four different strategies to compare.")
+    budget = service.make_budget(max_nodes, max_tokens, max_seconds)
+    n = None if n in (None, "") else int(service.number(n, "N", whole=True))
+    plans = [(s, service.make_params(s, service.shared_values(s, n=n))) for s in strategies]
+    seed = int(service.number(seed or 0, "seed", whole=True))
+    if not isinstance(gold, (str, type(None))):
+        raise ValueError("The gold answer must be text.")
+    models = service.get_models(preset)
     rows, figures = [], [gr.Plot(visible=False) for _ in range(4)]
     for i, (name, params) in enumerate(plans):
-        try:
-            tree = service.run_once(question, name, models, params, int(seed or 0), budget,
-                                    (gold or "").strip() or None)
-        except (ValueError, OutOfMemory) as exc:
-            raise _error(exc) from None
+        tree = service.run_once(question, name, models, params, seed, budget, (gold or "").strip()[:200] or None,
+                                session=_session(request))
         sel, t = tree.run["selection"], tree.run["totals"]
         node = tree.node(sel["node_id"]) if sel["node_id"] is not None else None
         correct = "" if node is None or node.correct is None else ("✓" if node.correct else "✗")
@@ -213,12 +261,13 @@ def compare(question, gold, strategies, preset, seed, n, max_nodes, max_tokens, 
 
 def build_app() -> gr.Blocks:
     examples = service.example_problems()
-    with gr.Blocks(title="Reasoning Tree Explorer") as demo:
+    ttl = service.LIMITS.file_ttl_seconds  # Gradio's copies of downloads and uploads are deleted after this
+    with gr.Blocks(title="Reasoning Tree Explorer", delete_cache=(ttl, ttl)) as demo:
         gr.Markdown("# 🌳 Reasoning Tree Explorer\nWatch a language model search for an answer step by step: "
                     "every step it generates, the process reward model's score for it, and every branch the "
                     "strategy kept or pruned. Runs a real search on the bundled tiny models, on any CPU: a small "
                     "student that errs, checked by a PRM built on a larger model (the *Models* menu has both).")
-        tree_state = gr.State(None)
+        tree_state = gr.State(None, time_to_live=service.LIMITS.file_ttl_seconds)
         with gr.Tab("Explore"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
@@ -261,6 +310,7 @@ def build_app() -> gr.Blocks:
                         max_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
                         max_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
                     params_json = gr.Textbox(visible=False)
+                    run_name = gr.Textbox("", visible=False)  # API callers name runs to stop one of several
                     with gr.Row():
                         run_btn = gr.Button("Run", variant="primary", elem_id="run")
                         stop_btn = gr.Button("Stop", variant="stop")
@@ -333,24 +383,27 @@ def build_app() -> gr.Blocks:
                       api_visibility="private", queue=False)
         tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state]
         run_inputs = [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
-                      custom_policy, scorer_kind, custom_scorer]
+                      custom_policy, scorer_kind, custom_scorer, run_name]
+        # preprocess=False: the functions validate raw values themselves, so that a hostile value gets
+        # their sentence rather than Gradio's opaque "could not preprocess" (only the upload keeps it)
+        raw = dict(preprocess=False)
         run_event = run_btn.click(collect_params, [strategy, *widgets], params_json, api_visibility="private",
-                                  queue=False).then(run, run_inputs, tree_outputs, api_name="run",
+                                  queue=False, **raw).then(run, run_inputs, tree_outputs, api_name="run", **raw,
                                                     concurrency_id="model", concurrency_limit=service.LIMITS.concurrency)
-        question.submit(collect_params, [strategy, *widgets], params_json, api_visibility="private", queue=False).then(
-            run, run_inputs, tree_outputs, api_visibility="private", concurrency_id="model")
-        stop_btn.click(stop, None, stop_note, api_name="stop", queue=False)
+        question.submit(collect_params, [strategy, *widgets], params_json, api_visibility="private", queue=False,
+                        **raw).then(run, run_inputs, tree_outputs, api_visibility="private", concurrency_id="model", **raw)
+        stop_btn.click(stop, run_name, stop_note, api_name="stop", queue=False, **raw)
         run_event.then(lambda: "", None, stop_note, api_visibility="private", queue=False)
-        node_pick.submit(inspect, [node_pick, tree_state], [inspector, node_pick], api_name="inspect")
-        bridge.click(inspect, [bridge, tree_state], [inspector, node_pick], api_name="inspect_click",
+        node_pick.submit(inspect, [node_pick, tree_state], [inspector, node_pick], api_name="inspect", **raw)
+        bridge.click(inspect, [bridge, tree_state], [inspector, node_pick], api_name="inspect_click", **raw,
                      api_visibility="private")
-        table.select(pick_row, tree_state, [inspector, node_pick], api_visibility="private")
-        event_slider.release(replay_to, [event_slider, tree_state], [replay_plot, event_text], api_name="replay")
+        table.select(pick_row, tree_state, [inspector, node_pick], api_visibility="private", **raw)
+        event_slider.release(replay_to, [event_slider, tree_state], [replay_plot, event_text], api_name="replay", **raw)
         upload.upload(load_file, upload, tree_outputs, api_name="import_tree")
-        gallery.input(load_gallery, gallery, tree_outputs, api_name="gallery")
-        html_btn.click(make_html, tree_state, html_file, api_name="export_html")
+        gallery.input(load_gallery, gallery, tree_outputs, api_name="gallery", **raw)
+        html_btn.click(make_html, tree_state, html_file, api_name="export_html", **raw)
         c_btn.click(compare, [c_question, c_gold, c_strategies, c_preset, c_seed, c_n, c_nodes, c_tokens, c_seconds],
-                    [*c_plots, c_table], api_name="compare", concurrency_id="model")
+                    [*c_plots, c_table], api_name="compare", concurrency_id="model", **raw)
     return demo
 
 
@@ -361,11 +414,14 @@ demo = build_app()
 
 def launch(**kwargs):
     """Start the server (the queue limits model work to the host's concurrency)."""
+    limits = service.LIMITS
     options = dict(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), css=CSS,
-                   theme=gr.themes.Soft())
+                   theme=gr.themes.Soft(), max_file_size=int(limits.max_upload_mb * 2**20),
+                   state_session_capacity=limits.sessions, show_error=True)
     options.update(kwargs)
-    return demo.queue(default_concurrency_limit=service.LIMITS.concurrency).launch(**options)
+    # api_open=False: direct calls to the routes go through the queue too, so its limits always hold
+    return demo.queue(default_concurrency_limit=limits.concurrency, api_open=False).launch(**options)
 
 
 if __name__ == "__main__":

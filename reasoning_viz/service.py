@@ -11,8 +11,11 @@ import dataclasses
 import json
 import os
 import queue
+import re
+import tempfile
 import threading
 import time
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,37 +37,42 @@ except ImportError:  # everywhere else it is a no-op
     def gpu_task(fn):
         return fn
 
+log = logging.getLogger(__name__)
 RUNS_DIR = Path(__file__).resolve().parents[1] / "assets" / "runs"
 MAX_QUESTION_CHARS = 4000
-MAX_UPLOAD_BYTES = 20 * 2**20
 
 
 @dataclass(frozen=True)
 class HostLimits:
-    """Caps a host sets by environment variable; users can ask for less, never more."""
+    """What a host sets by environment variable ``RV_<FIELD NAME>`` (the README's table); users can ask
+    for less, never more."""
 
-    max_nodes: int = 2000
-    max_tokens: int = 200_000
-    max_seconds: float = 120.0
-    concurrency: int = 1  # simultaneous searches (model work)
+    max_nodes: int = 2000  # RV_MAX_NODES: caps on every search
+    max_tokens: int = 200_000  # RV_MAX_TOKENS
+    max_seconds: float = 120.0  # RV_MAX_SECONDS
+    concurrency: int = 1  # RV_CONCURRENCY: searches that run at once, however they are called
+    max_upload_mb: float = 20.0  # RV_MAX_UPLOAD_MB: Gradio refuses bigger uploads before writing them
+    export_files: int = 200  # RV_EXPORT_FILES: downloads kept on disk (the oldest go first)
+    file_ttl_seconds: float = 3600.0  # RV_FILE_TTL_SECONDS: Gradio's copies of files are deleted after this
+    sessions: int = 500  # RV_SESSIONS: browser sessions whose state (the last tree) is kept
+    model_cache: int = 4  # RV_MODEL_CACHE: model pairs kept loaded (least recently used go first)
 
     @classmethod
     def from_env(cls) -> "HostLimits":
-        def read(name: str, default, kind):
+        def read(f: dataclasses.Field):
+            name = "RV_" + f.name.upper()
             raw = os.environ.get(name)
             if raw is None or raw == "":
-                return default
+                return f.default
             try:
-                value = kind(raw)
+                value = type(f.default)(raw)
             except ValueError:
                 raise ValueError(f"environment variable {name}={raw!r} must be a number") from None
-            if value <= 0:
-                raise ValueError(f"environment variable {name} must be positive")
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"environment variable {name} must be a positive finite number")
             return value
 
-        d = cls()
-        return cls(read("RV_MAX_NODES", d.max_nodes, int), read("RV_MAX_TOKENS", d.max_tokens, int),
-                   read("RV_MAX_SECONDS", d.max_seconds, float), read("RV_CONCURRENCY", d.concurrency, int))
+        return cls(**{f.name: read(f) for f in dataclasses.fields(cls)})
 
 
 LIMITS = HostLimits.from_env()
@@ -72,55 +80,97 @@ LIMITS = HostLimits.from_env()
 
 # ---- inputs -----------------------------------------------------------------------------------
 def clean_question(question: str | None) -> str:
+    if question is not None and not isinstance(question, str):
+        raise ValueError("The question must be text.")
     q = (question or "").strip()
     if not q:
         raise ValueError("Please type a question (it is empty).")
     if len(q) > MAX_QUESTION_CHARS:
         raise ValueError(f"The question is {len(q)} characters; the limit is {MAX_QUESTION_CHARS}.")
+    try:
+        q.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no tokenizer can read it
+        raise ValueError("The question contains characters that are not valid text; please retype it.") from None
     return q
 
 
+def number(raw: Any, name: str, whole: bool) -> float:
+    """A finite number from a widget or JSON value; ``ValueError`` with a sentence otherwise."""
+    what = "a whole number" if whole else "a number"
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ValueError(f"{name} must be {what}")
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name} must be {what}") from None
+    if value != value or value in (float("inf"), float("-inf")):  # NaN and infinities
+        raise ValueError(f"{name} must be a finite number")
+    if whole and value != int(value):
+        raise ValueError(f"{name} must be a whole number")
+    return value
+
+
 def make_params(strategy: str, values: dict[str, Any]) -> Any:
-    """The strategy's hyperparameter dataclass from UI values, type-checked and validated."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}. Choose one of: {', '.join(STRATEGIES)}.")
+    """The strategy's hyperparameter dataclass from UI or API values, type-checked and validated."""
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {str(strategy)[:40]!r}. Choose one of: {', '.join(STRATEGIES)}.")
+    if not isinstance(values, dict):
+        raise ValueError("params must be a JSON object of hyperparameters")
     cls = STRATEGIES[strategy].params
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in values if k not in names)
+    if unknown:
+        raise ValueError(f"{STRATEGIES[strategy].title} has no setting {unknown[0][:40]!r}; "
+                         f"it has: {', '.join(sorted(names))}.")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in values or values[f.name] is None:
             continue
         raw = values[f.name]
         kind = float if f.default is None else type(f.default)  # temperature: None means the preset's
-        try:
-            if kind is int:
-                if float(raw) != int(float(raw)):
-                    raise ValueError
-                kwargs[f.name] = int(float(raw))
-            elif kind is float:
-                kwargs[f.name] = float(raw)
-            elif kind is bool:
-                kwargs[f.name] = bool(raw)
-            else:
-                kwargs[f.name] = str(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{f.name} must be a whole number" if kind is int else f"{f.name} must be a number") from None
+        if kind is int:
+            kwargs[f.name] = int(number(raw, f.name, whole=True))
+        elif kind is float:
+            kwargs[f.name] = number(raw, f.name, whole=False)
+        elif kind is bool:
+            if raw not in (True, False, "true", "false"):
+                raise ValueError(f"{f.name} must be true or false")
+            kwargs[f.name] = raw in (True, "true")
+        else:
+            if not isinstance(raw, str) or len(raw) > 40:
+                raise ValueError(f"{f.name} must be one of the listed choices")
+            kwargs[f.name] = raw
     params = cls(**kwargs)
     params.validate()
     return params
 
 
+def shared_values(strategy: str, **values: Any) -> dict[str, Any]:
+    """The given settings that ``strategy`` has (the compare view sets N for all that take one)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {str(strategy)[:40]!r}. Choose one of: {', '.join(STRATEGIES)}.")
+    names = {f.name for f in dataclasses.fields(STRATEGIES[strategy].params)}
+    return {k: v for k, v in values.items() if k in names and v is not None}
+
+
 def make_budget(max_nodes: Any = None, max_tokens: Any = None, max_seconds: Any = None) -> Budget:
-    """A budget within the host's caps (missing values take the host's cap)."""
-    def pick(value, cap, kind):
+    """A budget within the host's caps (missing values take the host's cap; so does an infinite one)."""
+    def pick(value, cap, name, kind):
         if value is None or value == "":
             return cap
-        value = kind(value)
-        if not value > 0:  # also refuses NaN, which min() would keep and which disables the cap
-            raise ValueError("budget caps must be positive numbers")
-        return min(value, cap)
+        if isinstance(value, float) and value == float("inf"):
+            return cap
+        try:
+            value = number(value, name, whole=False)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise ValueError(f"{name} must be a positive number (budget caps are positive)")
+        return min(kind(value), cap)
 
-    return Budget(pick(max_nodes, LIMITS.max_nodes, int), pick(max_tokens, LIMITS.max_tokens, int),
-                  pick(max_seconds, LIMITS.max_seconds, float))
+    return Budget(pick(max_nodes, LIMITS.max_nodes, "max nodes", int),
+                  pick(max_tokens, LIMITS.max_tokens, "max tokens", int),
+                  pick(max_seconds, LIMITS.max_seconds, "max seconds", float))
 
 
 def check_preset(preset: str) -> None:
@@ -131,13 +181,16 @@ def check_preset(preset: str) -> None:
 def get_models(preset: str, custom_policy: str | None = None, scorer_kind: str | None = None,
                custom_scorer: str | None = None) -> Models:
     """The preset's models, or custom ones the host allows (policy id/path, scorer kind and id/path)."""
+    for value in (preset, custom_policy, scorer_kind, custom_scorer):
+        if value is not None and not isinstance(value, str):
+            raise ValueError("Model presets, ids and scorer kinds must be text.")
     if not (custom_policy or "").strip():
         check_preset(preset)
-        return load_preset(preset)
+        return _load(lambda: load_preset(preset), f"the preset {preset!r}", [PRESETS[preset].policy])
     policy = check_model_ref(custom_policy)
     kind = (scorer_kind or "llm-judge").strip()
     if kind not in SCORER_KINDS:
-        raise ValueError(f"Unknown scorer kind {kind!r}. Choose one of: {', '.join(SCORER_KINDS)}.")
+        raise ValueError(f"Unknown scorer kind {kind[:40]!r}. Choose one of: {', '.join(SCORER_KINDS)}.")
     if kind == "calculator":
         scorer = "calculator"
     elif kind == "self-confidence":
@@ -148,35 +201,94 @@ def get_models(preset: str, custom_policy: str | None = None, scorer_kind: str |
         scorer = policy  # the policy judges its own steps
     else:
         raise ValueError(f"A {kind} scorer needs a model id or path.")
+    return _load(lambda: load_models(policy, scorer, kind, MATH_SYSTEM_PROMPT), "these models", [policy, scorer])
+
+
+def _load(load, what: str, refs: list[str]) -> Models:
+    """Run a model load; any failure becomes one sentence that says what to do and shows no server path."""
     try:
-        return load_models(policy, scorer, kind, MATH_SYSTEM_PROMPT)
-    except OSError as exc:  # missing files, unreachable hub
-        raise ValueError(f"Could not load the model: {exc}") from None
+        return load()
+    except ValueError:  # already a sentence for the user (unknown preset, does not fit in memory)
+        raise
+    except Exception as exc:
+        log.warning("loading %s failed", what, exc_info=True)
+        hub = [r for r in refs if r != "calculator" and not Path(r).is_absolute()]
+        if isinstance(exc, OSError) and hub:
+            raise ValueError(f"Could not load {what}: {hub[0]!r} could not be read from the Hugging Face hub "
+                             "(this host may be offline, or the id is wrong). Pick a bundled preset.") from None
+        raise ValueError(f"Could not load {what}: a model file is missing or damaged ({public_reason(exc)}). "
+                         "The host can reinstall the models; meanwhile pick another preset.") from None
+
+
+def public_reason(exc: BaseException) -> str:
+    """An exception's message for users: its class and text, server paths cut to their last part."""
+    text = re.sub(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:]+)+[\\/]?", lambda m: m[0].rstrip("/\\").rsplit("/", 1)[-1],
+                  str(exc))
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 # ---- running ----------------------------------------------------------------------------------
-_cancel_events: dict[str, threading.Event] = {}
+# Model work of every caller goes through these slots: the Gradio queue is one way in, direct calls to
+# the server's routes are another, and neither may run more searches at once than the host allows.
+_model_slots = threading.BoundedSemaphore(LIMITS.concurrency)
+_runs_lock = threading.Lock()
+_runs: dict[str, dict[str, threading.Event]] = {}  # session -> run id -> its stop flag
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def cancel(run_id: str | None) -> bool:
-    """Ask the run ``run_id`` to stop at its next expansion; it keeps its partial tree."""
-    event = _cancel_events.get(run_id or "")
-    if event is None:
-        return False
-    event.set()
-    return True
+def cancel(session: str | None, run_id: str | None = None) -> int:
+    """Stop one named run of a session, or all of its runs; returns how many were asked to stop.
+    A stopped run ends within a decode step and keeps its partial tree."""
+    with _runs_lock:
+        runs = _runs.get(session or "", {})
+        events = list(runs.values()) if not run_id else [runs[run_id]] if run_id in runs else []
+    for event in events:
+        event.set()
+    return len(events)
+
+
+def _register(session: str, run_id: str) -> threading.Event:
+    if len(run_id) > 64 or not run_id.isprintable():
+        raise ValueError("A run name is at most 64 printable characters.")
+    with _runs_lock:
+        runs = _runs.setdefault(session, {})
+        if run_id in runs:
+            raise ValueError(f"A run named {run_id!r} is already running in this session; give the new one "
+                             "another name.")
+        runs[run_id] = threading.Event()
+        return runs[run_id]
+
+
+def _unregister(session: str, run_id: str) -> None:
+    with _runs_lock:
+        runs = _runs.get(session, {})
+        runs.pop(run_id, None)
+        if not runs:
+            _runs.pop(session, None)
+
+
+def running_count() -> int:
+    """Runs registered now, all sessions together (the load test checks it returns to 0)."""
+    with _runs_lock:
+        return sum(len(r) for r in _runs.values())
+
+
+def _search(question, strategy, models, params, seed, budget, gold, **kw) -> SearchTree:
+    with _model_slots:
+        return gpu_task(run_search)(question, strategy, models, params, seed=int(seed), budget=budget, gold=gold, **kw)
 
 
 def stream_search(question: str, strategy: str, models: Models, params: Any, seed: int, budget: Budget,
-                  gold: str | None, run_id: str, min_interval: float = 0.3) -> Iterator[tuple[SearchTree, bool]]:
-    """Run a search in a worker thread; yield (snapshot, finished) at most every ``min_interval`` s."""
+                  gold: str | None, session: str, run_id: str | None = None,
+                  min_interval: float = 0.3) -> Iterator[tuple[SearchTree, bool]]:
+    """Run a search in a worker thread; yield (snapshot, finished) at most every ``min_interval`` s.
+    ``cancel(session, run_id)`` stops it; so does closing this iterator (a client that went away)."""
     question = clean_question(question)
-    cancel_event = threading.Event()
-    _cancel_events[run_id] = cancel_event
+    run_id = (run_id or "").strip() or new_run_id()
+    cancel_event = _register(session, run_id)
     updates: queue.Queue = queue.Queue()
     last = [0.0]
 
@@ -189,9 +301,8 @@ def stream_search(question: str, strategy: str, models: Models, params: Any, see
 
     def work() -> None:
         try:
-            tree = gpu_task(run_search)(question, strategy, models, params, seed=int(seed), budget=budget, gold=gold,
-                              on_update=on_update, cancel=cancel_event)
-            updates.put(("done", tree))
+            updates.put(("done", _search(question, strategy, models, params, seed, budget, gold,
+                                         on_update=on_update, cancel=cancel_event)))
         except Exception as exc:  # handed to the caller's thread, which reports it
             updates.put(("error", exc))
 
@@ -210,36 +321,85 @@ def stream_search(question: str, strategy: str, models: Models, params: Any, see
                 raise payload
     finally:
         cancel_event.set()  # a client that went away stops the search too
-        _cancel_events.pop(run_id, None)
+        _unregister(session, run_id)
 
 
 def run_once(question: str, strategy: str, models: Models, params: Any, seed: int, budget: Budget,
-             gold: str | None) -> SearchTree:
-    """A whole search without streaming (the compare view)."""
-    return gpu_task(run_search)(clean_question(question), strategy, models, params, seed=int(seed), budget=budget,
-                                gold=gold)
+             gold: str | None, session: str | None = None) -> SearchTree:
+    """A whole search without streaming (the compare view); ``cancel(session)`` stops it too."""
+    question = clean_question(question)
+    if session is None:
+        return _search(question, strategy, models, params, seed, budget, gold)
+    run_id = new_run_id()
+    cancel_event = _register(session, run_id)
+    try:
+        return _search(question, strategy, models, params, seed, budget, gold, cancel=cancel_event)
+    finally:
+        _unregister(session, run_id)
 
 
 # ---- files ------------------------------------------------------------------------------------
-def export_tree(tree: SearchTree, folder: str | Path) -> Path:
-    path = Path(folder) / f"reasoning-tree-{tree.run.get('strategy', 'run')}-{uuid.uuid4().hex[:6]}.json"
+class ExportFolder:
+    """Where downloads are written: every file named uniquely for its run (users never receive each
+    other's), at most ``max_files`` kept (the oldest removed), the folder re-made if someone deletes it.
+    One folder per host (``RV_EXPORT_DIR``), not a new one per start."""
+
+    def __init__(self, root: str | Path, max_files: int):
+        self.root, self.max_files = Path(root), max_files
+        self._lock = threading.Lock()
+
+    def new_path(self, tree: SearchTree, suffix: str) -> Path:
+        strategy = re.sub(r"[^a-z0-9_]", "", str(tree.run.get("strategy", "")).lower())[:32] or "run"
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            old = sorted(self.root.glob("reasoning-tree-*"), key=_mtime)
+            for stale in old[: max(0, len(old) - self.max_files + 1)]:
+                stale.unlink(missing_ok=True)
+            return self.root / f"reasoning-tree-{strategy}-{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return 0.0
+
+
+EXPORTS = ExportFolder(os.environ.get("RV_EXPORT_DIR") or Path(tempfile.gettempdir()) / "reasoning-viz-exports",
+                       LIMITS.export_files)
+
+
+def export_tree(tree: SearchTree, folder: ExportFolder = EXPORTS) -> Path:
+    """The tree's JSON record as a download of its own."""
+    path = folder.new_path(tree, ".json")
     tree.save(path)
     return path
 
 
+def export_html(tree: SearchTree, html: str, folder: ExportFolder = EXPORTS) -> Path:
+    """A standalone HTML page (made by the renderer) as a download of its own."""
+    path = folder.new_path(tree, ".html")
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
 def import_tree(path: str | Path | None) -> SearchTree:
-    """A tree from an uploaded file, validated; ``ValueError`` with a plain reason otherwise."""
-    if path is None:
+    """A tree from an uploaded file, validated completely; ``ValueError`` with a plain reason otherwise."""
+    if not path:
         raise ValueError("Please choose a tree JSON file to upload.")
     p = Path(path)
-    if p.stat().st_size > MAX_UPLOAD_BYTES:
-        raise ValueError(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+    try:
+        size = p.stat().st_size
+    except OSError:
+        raise ValueError("The uploaded file could not be read; please upload it again.") from None
+    if size > LIMITS.max_upload_mb * 2**20:  # Gradio refuses these first; a direct call might not
+        raise ValueError(f"The file is larger than {LIMITS.max_upload_mb:g} MB.")
     try:
         return SearchTree.load(p)
     except TreeFormatError as exc:
         raise ValueError(f"This file is not a valid reasoning tree: {exc}") from None
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"This file is not a valid reasoning tree (malformed content: {exc}).") from None
+    except OSError:
+        raise ValueError("The uploaded file could not be read; please upload it again.") from None
 
 
 # ---- bundled content --------------------------------------------------------------------------

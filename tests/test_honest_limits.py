@@ -9,7 +9,7 @@ import torch
 from reasoning_viz.models.presets import BUNDLED_TEMPERATURE, DEFAULT_PRESET, PRESETS
 from reasoning_viz.models.scorers import SelfConfidence
 from reasoning_viz.problems.tinygsm import OUT_OF_DOMAIN, domain_warning, load_test_set
-from reasoning_viz.render.text import answer_markdown
+from reasoning_viz.render.text import answer_markdown, plain
 from reasoning_viz.search import run_search
 from reasoning_viz.tree import SearchTree
 
@@ -78,7 +78,7 @@ def test_the_warning_reaches_the_answer_panel_for_the_bundled_models_only(bundle
     from reasoning_viz.strategies.chain_of_thought import ChainOfThoughtParams as CoTParams
 
     tree = run_search("asdf qwerty", "cot", bundled_models, CoTParams(max_depth=2))
-    assert tree.run["warnings"] == [OUT_OF_DOMAIN] and OUT_OF_DOMAIN in answer_markdown(tree)
+    assert tree.run["warnings"] == [OUT_OF_DOMAIN] and plain(OUT_OF_DOMAIN) in answer_markdown(tree)
     held_out = load_test_set()[0]
     assert run_search(held_out.question, "cot", bundled_models, CoTParams(max_depth=2)).run["warnings"] == []
     # a hub model is not judged against TinyGSM

@@ -92,7 +92,7 @@ def _failure(exc: Exception, what: str) -> gr.Error:
         return _error(exc)
     if isinstance(exc, RecursionError):
         return _error(ValueError("The input is nested too deeply."))
-    log.error("%s failed", what, exc_info=exc)  # the trace stays in the server's log
+    log.error("unexpected error while %s", what, exc_info=exc)  # the trace stays in the server's log
     return _error(ValueError(f"Something went wrong while {what} ({type(exc).__name__}); the server logged it "
                              "and keeps serving. Try again, or with a smaller search."))
 
@@ -145,7 +145,7 @@ def _tree_outputs(tree: SearchTree, done: bool):
 @user_errors("reading the settings")
 def collect_params(strategy: str, *values) -> str:
     """The chosen strategy's widget values as the JSON the run endpoint takes."""
-    if strategy not in STRATEGIES:
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {str(strategy)[:40]!r}.")
     out = {}
     for (name, field), value in zip(PARAM_KEYS, values):
@@ -375,12 +375,15 @@ def build_app() -> gr.Blocks:
 
         # ---- wiring -----------------------------------------------------------------------
         def show_strategy(name):
-            return [gr.Group(visible=n == name) for n in groups] + [STRATEGIES[name].summary if name in STRATEGIES else ""]
+            known = isinstance(name, str) and name in STRATEGIES
+            return [gr.Group(visible=n == name) for n in groups] + [STRATEGIES[name].summary if known else ""]
 
         strategy.change(show_strategy, strategy, [*groups.values(), about], api_visibility="private", queue=False)
-        preset.change(lambda p: [PRESETS[p].temperature] * len(temperature_widgets) if p in PRESETS else
-                      [gr.skip()] * len(temperature_widgets), preset, temperature_widgets,
-                      api_visibility="private", queue=False)
+        def preset_temperature(name):
+            known = isinstance(name, str) and name in PRESETS
+            return [PRESETS[name].temperature if known else gr.skip()] * len(temperature_widgets)
+
+        preset.change(preset_temperature, preset, temperature_widgets, api_visibility="private", queue=False)
         tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state]
         run_inputs = [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
                       custom_policy, scorer_kind, custom_scorer, run_name]

@@ -355,6 +355,8 @@ def validate(data: Any) -> None:
     for n in data["nodes"]:
         if not isinstance(n, dict) or set(n) != NODE_FIELDS:
             raise TreeFormatError("the node list has a node with wrong fields")
+        for name, value in n.items():
+            _check_field(name, value, "the node list")
 
 
 def replay(events: list[Event], upto: int, run: dict[str, Any] | None = None) -> SearchTree:

@@ -22,9 +22,10 @@ from reasoning_viz import service  # noqa: E402
 from reasoning_viz.models.generator import OutOfMemory  # noqa: E402
 from reasoning_viz.models.loading import DEFAULT_PRESET, PRESETS  # noqa: E402
 from reasoning_viz.models.presets import SCORER_KINDS  # noqa: E402
-from reasoning_viz.render.figures import standalone_html, tree_figure, vote_figure  # noqa: E402
-from reasoning_viz.render.text import (NODE_COLUMNS, answer_markdown, event_markdown, node_rows,  # noqa: E402
-                                       path_markdown, progress_line)
+from reasoning_viz.render.figures import DECLUTTER_JS, standalone_html, tree_figure, vote_figure  # noqa: E402
+from reasoning_viz.render.layout import tidy_layout  # noqa: E402
+from reasoning_viz.render.text import (CANDIDATE_COLUMNS, NODE_COLUMNS, answer_markdown, candidate_table,  # noqa: E402
+                                       event_markdown, node_rows, path_markdown, progress_line)
 from reasoning_viz.strategies import STRATEGIES  # noqa: E402
 from reasoning_viz.tree import AGGREGATIONS, SearchTree, replay  # noqa: E402
 
@@ -52,18 +53,31 @@ FIELD_UI = {
 }
 CHOICES = {"aggregation": list(AGGREGATIONS), "vote": ["majority", "weighted"]}
 
-BRIDGE_JS = """
-// Bridge plotly's click on a tree node to Python: set this component's value, fire 'click'.
+BRIDGE_JS = DECLUTTER_JS + """
+// Bridge plotly's click on a tree node to Python: set this component's value, fire 'click'; keep the
+// inspector in view (on a phone it sits below the tree); declutter answer labels after every redraw.
+const bound = (gd, name) => gd._ev && gd._ev.listeners && gd._ev.listeners(name).some((f) => f.__rv);
 const bind = () => {
-  document.querySelectorAll('#tree-plot .js-plotly-plot').forEach((gd) => {
+  document.querySelectorAll('.js-plotly-plot').forEach((gd) => {
     if (typeof gd.on !== 'function') return;
-    const bound = gd._ev && gd._ev.listeners && gd._ev.listeners('plotly_click').some((f) => f.__rv);
-    if (bound) return;
+    if (!bound(gd, 'plotly_afterplot')) {  // a plot Gradio redrew from scratch has lost its handlers
+      const tidy = () => rvDeclutter(gd);
+      tidy.__rv = true;
+      gd.on('plotly_afterplot', tidy);
+      rvDeclutter(gd);
+    }
+    if (!gd.closest('#tree-plot') || bound(gd, 'plotly_click')) return;
     const handler = (ev) => {
       const pt = ev && ev.points && ev.points[0];
       if (!pt || pt.customdata === undefined || pt.customdata === null) return;
       props.value = String(pt.customdata);
       trigger('click');
+      setTimeout(() => {
+        const box = document.querySelector('#inspector-box');
+        if (!box) return;
+        const r = box.getBoundingClientRect();
+        if (r.top > window.innerHeight - 80 || r.bottom < 0) box.scrollIntoView({behavior: 'smooth', block: 'start'});
+      }, 300);
     };
     handler.__rv = true;
     gd.on('plotly_click', handler);
@@ -76,7 +90,17 @@ bind();
 CSS = """
 #tree-plot {min-height: 560px}
 .rv-progress p {margin: 0}
+#header h2 {margin: 0}
 footer {display: none !important}
+@media (max-width: 700px) {  /* a phone: question and Run, then the tree, then the folded settings */
+  #tree-plot {min-height: 420px}
+  #header p {display: none}
+  #controls {display: contents}
+  #controls-top {order: 0; flex: 1 1 100%}
+  #tree-column {order: 1}
+  #controls-more {order: 2; flex: 1 1 100%}
+  #inspector-column {order: 3}
+}
 """
 
 
@@ -132,14 +156,27 @@ def _tree_json(tree_json) -> SearchTree:
 
 
 def _tree_outputs(tree: SearchTree, done: bool):
-    """What every view shows for a tree: figure, progress, answer, votes, table, replay, file, state."""
+    """What every view shows for a tree: figure, progress, answer, votes, table, replay, file, state, and
+    the ranked candidates (last, so that the API's output positions stay as they were)."""
     sel = tree.run.get("selection")
     file = str(service.export_tree(tree)) if done else None
     last = len(tree.events) - 1
+    caption, rows = candidate_table(tree) if done else ("_Searching…_", [])
     return (tree_figure(tree), progress_line(tree, done=done), answer_markdown(tree) if done else "_Searching…_",
             vote_figure(sel), gr.Dataframe(value=node_rows(tree), headers=NODE_COLUMNS),
             gr.Slider(minimum=0, maximum=max(1, last), value=last, step=1, interactive=done),
-            event_markdown(tree, last), file, tree.to_json())  # nodes can be inspected mid-search too
+            event_markdown(tree, last), file, tree.to_json(),  # nodes can be inspected mid-search too
+            caption, gr.Dataframe(value=rows, headers=CANDIDATE_COLUMNS))
+
+
+def _filled_inputs(tree: SearchTree):
+    """A loaded tree's question, gold answer, strategy, seed and settings, back in the input widgets."""
+    run = tree.run
+    strategy = run.get("strategy") if run.get("strategy") in STRATEGIES else None
+    params = run.get("params") or {}
+    values = [params[field] if name == strategy and field in params else gr.skip() for name, field in PARAM_KEYS]
+    seed = run.get("seed") if isinstance(run.get("seed"), int) else gr.skip()
+    return (tree.question, run.get("gold") or "", strategy or gr.skip(), seed, *values)
 
 
 @user_errors("reading the settings")
@@ -189,14 +226,15 @@ def stop(run_name: str = "", request: gr.Request = None) -> str:
 
 @user_errors("inspecting the node")
 def inspect(node_id, tree_json):
-    """The inspector for one node (from a click on the plot, the table, or the API)."""
+    """The inspector for one node (from a click on the plot, the table, or the API); the tree is redrawn
+    with that node ringed."""
     tree = _tree_json(tree_json)
     try:
         node = int(service.number(node_id, "node id", whole=True))
         tree.node(node)
     except (ValueError, KeyError):
         raise ValueError(f"There is no node {str(node_id)[:20]!r} in this tree (ids run 0-{len(tree) - 1}).") from None
-    return path_markdown(tree, node), node
+    return path_markdown(tree, node), node, tree_figure(tree, highlight=node)
 
 
 @user_errors("inspecting the node")
@@ -205,17 +243,51 @@ def pick_row(tree_json, evt: gr.SelectData):
     return inspect(row, tree_json)
 
 
+@user_errors("inspecting the node")
+def pick_candidate(tree_json, evt: gr.SelectData):
+    row = evt.row_value if isinstance(evt.row_value, list) else []
+    node = row[CANDIDATE_COLUMNS.index("node")] if len(row) == len(CANDIDATE_COLUMNS) else None
+    return inspect(node, tree_json)
+
+
 @user_errors("replaying the search")
 def replay_to(t, tree_json):
+    """The tree after event ``t``, drawn where the finished tree has its nodes (frames never jump)."""
     tree = _tree_json(tree_json)
     t = max(0, min(int(service.number(t or 0, "event", whole=False)), len(tree.events) - 1))
     past = replay(tree.events, t, run=tree.run)
-    return tree_figure(past, title=f"after event {t} of {len(tree.events) - 1}"), event_markdown(tree, t)
+    return (tree_figure(past, title=f"after event {t} of {len(tree.events) - 1}", positions=tidy_layout(tree)),
+            event_markdown(tree, t))
+
+
+@user_errors("playing the search")
+def toggle_play(playing, speed, t, tree_json):
+    """Play from the current event (from the start if at the end), or pause."""
+    tree = _tree_json(tree_json)
+    last = len(tree.events) - 1
+    if playing:
+        return False, gr.Timer(active=False), "Play", gr.skip()
+    start = 0 if int(service.number(t or 0, "event", whole=False)) >= last else gr.skip()
+    seconds = speed if isinstance(speed, (int, float)) and 0.05 <= speed <= 5 else 0.5
+    return True, gr.Timer(value=seconds, active=True), "Pause", start
+
+
+@user_errors("playing the search")
+def play_step(t, tree_json):
+    """One tick of Play: the next event, until the last one."""
+    tree = _tree_json(tree_json)
+    last = len(tree.events) - 1
+    t = min(int(service.number(t or 0, "event", whole=False)) + 1, last)
+    figure, text = replay_to(t, tree_json)
+    more = t < last
+    return (gr.Slider(value=t, maximum=max(1, last)), figure, text, gr.Timer(active=more), more,
+            "Pause" if more else "Play")
 
 
 @user_errors("opening the file")
 def load_file(path):
-    return _tree_outputs(service.import_tree(path), True)
+    tree = service.import_tree(path)
+    return (*_tree_outputs(tree, True), *_filled_inputs(tree))
 
 
 @user_errors("opening the recorded run")
@@ -223,13 +295,22 @@ def load_gallery(title):
     runs = service.gallery_runs()
     if not isinstance(title, str) or title not in runs:
         raise ValueError("Choose a recorded run from the list.")
-    return _tree_outputs(SearchTree.load(runs[title]), True)
+    tree = SearchTree.load(runs[title])
+    return (*_tree_outputs(tree, True), *_filled_inputs(tree))
+
+
+@user_errors("opening the example")
+def load_example(label):
+    examples = {label: (q, g) for label, q, g in service.example_problems()}
+    if not isinstance(label, str) or label not in examples:
+        raise ValueError("Choose an example from the list.")
+    return examples[label]
 
 
 @user_errors("making the HTML page")
 def make_html(tree_json):
     tree = _tree_json(tree_json)
-    return str(service.export_html(tree, standalone_html(tree_figure(tree), tree.question[:80])))
+    return str(service.export_html(tree, standalone_html(tree)))
 
 
 @user_errors("comparing the strategies")
@@ -263,84 +344,103 @@ def build_app() -> gr.Blocks:
     examples = service.example_problems()
     ttl = service.LIMITS.file_ttl_seconds  # Gradio's copies of downloads and uploads are deleted after this
     with gr.Blocks(title="Reasoning Tree Explorer", delete_cache=(ttl, ttl)) as demo:
-        gr.Markdown("# 🌳 Reasoning Tree Explorer\nWatch a language model search for an answer step by step: "
-                    "every step it generates, the process reward model's score for it, and every branch the "
-                    "strategy kept or pruned. Runs a real search on the bundled tiny models, on any CPU: a small "
-                    "student that errs, checked by a PRM built on a larger model (the *Models* menu has both).")
+        gr.Markdown("## 🌳 Reasoning Tree Explorer\nWatch a small model search for an answer step by step: every "
+                    "step, its score from a process reward model (PRM), and every branch kept or pruned.",
+                    elem_id="header")
         tree_state = gr.State(None, time_to_live=service.LIMITS.file_ttl_seconds)
         with gr.Tab("Explore"):
-            with gr.Row():
-                with gr.Column(scale=1, min_width=320):
-                    question = gr.Textbox(label="Question", lines=4, placeholder="Ask an arithmetic word problem…",
-                                          elem_id="question")
-                    gold = gr.Textbox(label="Gold answer (optional)", placeholder="e.g. 42: marks answers ✓/✗")
-                    gr.Examples([[q, g] for _, q, g in examples], inputs=[question, gold],
-                                example_labels=[f"{label}: {q[:50]}…" for label, q, _ in examples],
-                                label="Examples (bundled problems by difficulty, with gold answers)")
-                    strategy = gr.Dropdown([(s.title, s.name) for s in STRATEGIES.values()], value="beam_search",
-                                           label="Strategy", elem_id="strategy")
-                    about = gr.Markdown(STRATEGIES["beam_search"].summary)
-                    groups, widgets, temperature_widgets = {}, [], []
-                    for s in STRATEGIES.values():
-                        with gr.Group(visible=s.name == "beam_search") as group:
-                            for f in dataclasses.fields(s.params):
-                                label, info = FIELD_UI[f.name]
-                                if f.name in CHOICES:
-                                    w = gr.Dropdown(CHOICES[f.name], value=f.default, label=label, info=info)
-                                elif isinstance(f.default, bool):
-                                    w = gr.Checkbox(value=f.default, label=label, info=info)
-                                elif f.name == "temperature":  # follows the model preset (see below)
-                                    w = gr.Number(value=PRESETS[DEFAULT_PRESET].temperature, label=label, info=info)
-                                    temperature_widgets.append(w)
-                                else:
-                                    w = gr.Number(value=f.default, label=label, info=info,
-                                                  precision=0 if isinstance(f.default, int) else None)
-                                widgets.append(w)
-                        groups[s.name] = group
-                    with gr.Row():
-                        preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models")
-                        seed = gr.Number(value=0, precision=0, label="Seed")
-                    with gr.Accordion("Custom models (ids the host allows)", open=False):
-                        custom_policy = gr.Textbox(label="Policy: hub id or local path", placeholder="leave empty to use the preset")
-                        scorer_kind = gr.Dropdown(list(SCORER_KINDS), value="llm-judge", label="Scorer format")
-                        custom_scorer = gr.Textbox(label="Scorer: hub id or local path",
-                                                   placeholder="empty: the policy judges itself (llm-judge)")
-                    with gr.Accordion("Budget", open=False):
-                        max_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
-                        max_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
-                        max_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
-                    params_json = gr.Textbox(visible=False)
-                    run_name = gr.Textbox("", visible=False)  # API callers name runs to stop one of several
-                    with gr.Row():
-                        run_btn = gr.Button("Run", variant="primary", elem_id="run")
-                        stop_btn = gr.Button("Stop", variant="stop")
-                    stop_note = gr.Markdown()
-                    with gr.Accordion("Open a recorded run (no model needed)", open=False):
-                        gallery = gr.Dropdown(list(service.gallery_runs()), label="Gallery", value=None)
-                        upload = gr.File(label="Upload a tree JSON", file_types=[".json"], type="filepath")
-                with gr.Column(scale=3):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=300, elem_id="controls"):  # what to ask and how: the top
+                    with gr.Column(elem_id="controls-top"):  # on a phone: above the tree
+                        question = gr.Textbox(label="Question", lines=3, placeholder="Ask an arithmetic word problem…",
+                                              elem_id="question")
+                        example = gr.Dropdown([label for label, _, _ in examples], value=None, elem_id="example",
+                                              label="Example problems (level 1 easy … 6 hard, with gold answers)")
+                        with gr.Row():
+                            strategy = gr.Dropdown([(s.title, s.name) for s in STRATEGIES.values()], value="beam_search",
+                                                   label="Strategy", elem_id="strategy", min_width=140)
+                            preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models", min_width=140)
+                        with gr.Row():
+                            run_btn = gr.Button("Run", variant="primary", elem_id="run", min_width=80)
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", min_width=80)
+                        stop_note = gr.Markdown()
+                    with gr.Column(elem_id="controls-more"):  # on a phone: below the tree
+                        about = gr.Markdown(STRATEGIES["beam_search"].summary, elem_id="strategy-about")
+                        with gr.Accordion("Settings (the strategy's hyperparameters, seed, gold answer)", open=False):
+                            gold = gr.Textbox(label="Gold answer (optional)", placeholder="e.g. 42: marks answers ✓/✗",
+                                              elem_id="gold")
+                            groups, widgets, temperature_widgets = {}, [], []
+                            for s in STRATEGIES.values():
+                                with gr.Group(visible=s.name == "beam_search") as group:
+                                    for f in dataclasses.fields(s.params):
+                                        label, info = FIELD_UI[f.name]
+                                        if f.name in CHOICES:
+                                            w = gr.Dropdown(CHOICES[f.name], value=f.default, label=label, info=info)
+                                        elif isinstance(f.default, bool):
+                                            w = gr.Checkbox(value=f.default, label=label, info=info)
+                                        elif f.name == "temperature":  # follows the model preset (see below)
+                                            w = gr.Number(value=PRESETS[DEFAULT_PRESET].temperature, label=label, info=info)
+                                            temperature_widgets.append(w)
+                                        else:
+                                            w = gr.Number(value=f.default, label=label, info=info,
+                                                          precision=0 if isinstance(f.default, int) else None)
+                                        widgets.append(w)
+                                groups[s.name] = group
+                            seed = gr.Number(value=0, precision=0, label="Seed", info="The same seed gives the same tree.")
+                        with gr.Accordion("Budget", open=False):
+                            max_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
+                            max_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
+                            max_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
+                        with gr.Accordion("Custom models (ids the host allows)", open=False):
+                            custom_policy = gr.Textbox(label="Policy: hub id or local path", placeholder="leave empty to use the preset")
+                            scorer_kind = gr.Dropdown(list(SCORER_KINDS), value="llm-judge", label="Scorer format")
+                            custom_scorer = gr.Textbox(label="Scorer: hub id or local path",
+                                                       placeholder="empty: the policy judges itself (llm-judge)")
+                        with gr.Accordion("Open a recorded run (no model needed)", open=False):
+                            gallery = gr.Dropdown(list(service.gallery_runs()), label="Gallery", value=None, elem_id="gallery")
+                            upload = gr.File(label="Upload a tree JSON", file_types=[".json"], type="filepath")
+                        params_json = gr.Textbox(visible=False)
+                        run_name = gr.Textbox("", visible=False)  # API callers name runs to stop one of several
+                with gr.Column(scale=2, min_width=340, elem_id="tree-column"):  # the tree, beside the controls
                     progress = gr.Markdown("Pick an example or type a question, then press Run.",
-                                           elem_classes="rv-progress")
-                    plot = gr.Plot(label="Search tree (click a node to inspect it)", elem_id="tree-plot")
-                    bridge = gr.HTML(value="", html_template="<span class='rv-clicked'>${value ? 'Clicked node ' + value : ''}</span>",
+                                           elem_classes="rv-progress", elem_id="progress")
+                    plot = gr.Plot(label="Search tree", show_label=False, elem_id="tree-plot")
+                    bridge = gr.HTML(value="", html_template="<span class='rv-clicked'>${value ? 'Clicked node ' + value : "
+                                     "'Click a node to read its path in the inspector.'}</span>",
                                      js_on_load=BRIDGE_JS, elem_id="node-bridge")
-                    with gr.Row():
-                        answer = gr.Markdown(elem_id="answer")
-                        votes = gr.Plot(label="How the answer was chosen")
-                    with gr.Accordion("Inspector", open=True):
+                with gr.Column(scale=1, min_width=300, elem_id="inspector-column"):  # next to the tree
+                    answer = gr.Markdown(elem_id="answer")
+                    with gr.Accordion("Inspector: the path to a node", open=True, elem_id="inspector-box"):
                         node_pick = gr.Number(label="Node id", precision=0, value=0, elem_id="node-id")
-                        inspector = gr.Markdown("_Click a node in the tree (or pick one in the table)._",
+                        inspector = gr.Markdown("_Click a node in the tree (or pick one in the tables)._",
                                                 latex_delimiters=LATEX, elem_id="inspector")
-                    with gr.Accordion("Replay", open=False):
-                        event_slider = gr.Slider(0, 1, value=0, step=1, label="Event", interactive=False)
-                        event_text = gr.Markdown()
-                        replay_plot = gr.Plot(label="The tree after this event")
-                    with gr.Accordion("All nodes", open=False):
-                        table = gr.Dataframe(headers=NODE_COLUMNS, interactive=False, wrap=True)
-                    with gr.Row():
-                        tree_file = gr.File(label="Tree JSON (download)", interactive=False)
-                        html_btn = gr.Button("Make standalone HTML")
-                        html_file = gr.File(label="Standalone HTML (opens offline)", interactive=False)
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3):
+                    with gr.Accordion("How the answer was chosen: every finished path, ranked", open=True,
+                                      elem_id="candidates-box"):
+                        candidates_caption = gr.Markdown(elem_id="candidates-caption")
+                        candidates = gr.Dataframe(headers=CANDIDATE_COLUMNS, interactive=False, wrap=True,
+                                                  elem_id="candidates", max_height=320)
+                with gr.Column(scale=2):
+                    votes = gr.Plot(label="Votes (or confidence) per answer", elem_id="votes")
+            with gr.Accordion("Replay: play the search back, event by event", open=False, elem_id="replay-box"):
+                with gr.Row():
+                    play_btn = gr.Button("Play", elem_id="play", min_width=80)
+                    speed = gr.Dropdown([("slow (1 s an event)", 1.0), ("normal (0.5 s)", 0.5), ("fast (0.2 s)", 0.2)],
+                                        value=0.5, label="Speed", min_width=160)
+                    event_slider = gr.Slider(0, 1, value=0, step=1, label="Event", interactive=False,
+                                             elem_id="event-slider", scale=3)
+                event_text = gr.Markdown(elem_id="event-text")
+                replay_plot = gr.Plot(label="The tree after this event", show_label=False, elem_id="replay-plot")
+                gr.Markdown("Each frame draws the nodes where the finished tree has them, so nothing jumps.")
+                timer = gr.Timer(0.5, active=False)
+                playing = gr.State(False)
+            with gr.Accordion("All nodes", open=False):
+                table = gr.Dataframe(headers=NODE_COLUMNS, interactive=False, wrap=True)
+            with gr.Row():
+                tree_file = gr.File(label="Tree JSON (download)", interactive=False)
+                html_btn = gr.Button("Make standalone HTML")
+                html_file = gr.File(label="Standalone HTML (opens offline)", interactive=False)
         with gr.Tab("Compare"):
             with gr.Row():
                 c_question = gr.Textbox(label="Question", lines=3, scale=3)
@@ -384,12 +484,15 @@ def build_app() -> gr.Blocks:
             return [PRESETS[name].temperature if known else gr.skip()] * len(temperature_widgets)
 
         preset.change(preset_temperature, preset, temperature_widgets, api_visibility="private", queue=False)
-        tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state]
+        tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state,
+                        candidates_caption, candidates]
+        filled = [question, gold, strategy, seed, *widgets]
         run_inputs = [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
                       custom_policy, scorer_kind, custom_scorer, run_name]
         # preprocess=False: the functions validate raw values themselves, so that a hostile value gets
         # their sentence rather than Gradio's opaque "could not preprocess" (only the upload keeps it)
         raw = dict(preprocess=False)
+        example.input(load_example, example, [question, gold], api_visibility="private", queue=False, **raw)
         run_event = run_btn.click(collect_params, [strategy, *widgets], params_json, api_visibility="private",
                                   queue=False, **raw).then(run, run_inputs, tree_outputs, api_name="run", **raw,
                                                     concurrency_id="model", concurrency_limit=service.LIMITS.concurrency)
@@ -397,13 +500,20 @@ def build_app() -> gr.Blocks:
                         **raw).then(run, run_inputs, tree_outputs, api_visibility="private", concurrency_id="model", **raw)
         stop_btn.click(stop, run_name, stop_note, api_name="stop", queue=False, **raw)
         run_event.then(lambda: "", None, stop_note, api_visibility="private", queue=False)
-        node_pick.submit(inspect, [node_pick, tree_state], [inspector, node_pick], api_name="inspect", **raw)
-        bridge.click(inspect, [bridge, tree_state], [inspector, node_pick], api_name="inspect_click", **raw,
+        inspected = [inspector, node_pick, plot]
+        node_pick.submit(inspect, [node_pick, tree_state], inspected, api_name="inspect", **raw)
+        bridge.click(inspect, [bridge, tree_state], inspected, api_name="inspect_click", **raw,
                      api_visibility="private")
-        table.select(pick_row, tree_state, [inspector, node_pick], api_visibility="private", **raw)
+        table.select(pick_row, tree_state, inspected, api_visibility="private", **raw)
+        candidates.select(pick_candidate, tree_state, inspected, api_visibility="private", **raw)
         event_slider.release(replay_to, [event_slider, tree_state], [replay_plot, event_text], api_name="replay", **raw)
-        upload.upload(load_file, upload, tree_outputs, api_name="import_tree")
-        gallery.input(load_gallery, gallery, tree_outputs, api_name="gallery", **raw)
+        play_btn.click(toggle_play, [playing, speed, event_slider, tree_state], [playing, timer, play_btn, event_slider],
+                       api_visibility="private", queue=False, **raw)
+        timer.tick(play_step, [event_slider, tree_state], [event_slider, replay_plot, event_text, timer, playing,
+                                                          play_btn], api_visibility="private", show_progress="hidden",
+                   **raw)
+        upload.upload(load_file, upload, tree_outputs + filled, api_name="import_tree")
+        gallery.input(load_gallery, gallery, tree_outputs + filled, api_name="gallery", **raw)
         html_btn.click(make_html, tree_state, html_file, api_name="export_html", **raw)
         c_btn.click(compare, [c_question, c_gold, c_strategies, c_preset, c_seed, c_n, c_nodes, c_tokens, c_seconds],
                     [*c_plots, c_table], api_name="compare", concurrency_id="model", **raw)

@@ -75,7 +75,7 @@ def _budget(args):
 
 def cmd_solve(args) -> int:
     from .models.loading import load_preset
-    from .render.figures import standalone_html, tree_figure
+    from .render.figures import standalone_html
     from .search import run_search
 
     params = parse_params(args.strategy, args.set or [])
@@ -97,7 +97,7 @@ def cmd_solve(args) -> int:
         tree.save(args.json)
         print(f"tree saved to {args.json}")
     if args.html:
-        Path(args.html).write_text(standalone_html(tree_figure(tree), args.question[:80]), encoding="utf-8")
+        Path(args.html).write_text(standalone_html(tree), encoding="utf-8")
         print(f"figure saved to {args.html}")
     return 0
 

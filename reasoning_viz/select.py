@@ -122,6 +122,51 @@ def shortest_confident(tree: SearchTree, aggregation: str = "min", threshold: fl
                      f"Shortest path scoring >= {threshold:g}: {node.answer} ({node.depth} steps, score {score:.3f})")
 
 
+@dataclass
+class Candidate:
+    """One finished path as the selection rule saw it (for the ranked-candidates panel)."""
+
+    node_id: int
+    answer: str
+    correct: bool | None
+    score: float  # the path's aggregated score under the run's aggregation
+    weakest: float | None  # its lowest and last step scores, to flag "last high, weakest low"
+    last: float | None
+    key: float  # what the rule ranks by: votes of its answer, score, confidence or visits
+    chosen: bool = False
+    tied: bool = False  # another answer ranks exactly as high
+
+
+RANKED_BY = {"majority": "votes for its answer", "weighted": "summed score of its answer",
+             "best": "path score", "shortest-confident": "path score", "confidence": "answer confidence",
+             "most-visited": "MCTS visits"}
+
+
+def rank_candidates(tree: SearchTree, selection: Selection | dict | None, aggregation: str = "last") -> list[Candidate]:
+    """Every finished path, best first, ranked as the run's rule ranks them; the chosen path first among
+    its answer's paths, and ``tied`` set where two different answers rank exactly alike."""
+    sel = Selection(**selection) if isinstance(selection, dict) else selection
+    if sel is None:
+        return []
+    out = []
+    for n in answered(tree):
+        steps = [p.step_score for p in tree.path(n.id)[1:] if p.step_score is not None]
+        score = path_score(tree, n.id, aggregation)
+        key = {"majority": sel.votes.get(n.answer, 0.0), "weighted": sel.votes.get(n.answer, 0.0),
+               "confidence": n.confidence if n.confidence is not None else float("-inf"),
+               "most-visited": float(n.visits or 0)}.get(sel.rule, score)
+        out.append(Candidate(n.id, n.answer, n.correct, score, min(steps) if steps else None,
+                             steps[-1] if steps else None, key, chosen=n.id == sel.node_id))
+    out.sort(key=lambda c: (not c.chosen, -c.key, -c.score, c.node_id))
+    out.sort(key=lambda c: -c.key)  # stable: the chosen path leads its own rank
+    tops: dict[float, set[str]] = defaultdict(set)
+    for c in out:
+        tops[c.key].add(c.answer)
+    for c in out:
+        c.tied = len(tops[c.key]) > 1 and c.key == out[0].key
+    return out
+
+
 RULES = {"majority": majority_vote, "weighted": weighted_vote, "best": best_score,
          "confidence": best_confidence, "most-visited": most_visited}
 

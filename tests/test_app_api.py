@@ -118,12 +118,38 @@ def test_inspect_and_replay_after_a_run(client):
     out = run(client, "beam_search")
     tree = SearchTree.load(out[7])
     leaf = tree.run["selection"]["node_id"] or len(tree) - 1
-    inspector, node = client.predict(leaf, api_name="/inspect")
+    inspector, node, figure = client.predict(leaf, api_name="/inspect")
     assert node == leaf and f"node {leaf}" in inspector
     for step in tree.steps(leaf):  # every step of the path, by its leading words (maths is rendered)
         assert step[:10] in inspector
     fig, text = client.predict(1, api_name="/replay")
     assert "Event 1 of" in text
+
+
+def test_the_candidates_panel_ranks_every_finished_path(client):
+    out = run(client, "best_of_n", params=json.dumps({"n": 6}))
+    tree = SearchTree.load(out[7])
+    caption, table = out[8], out[9]
+    assert "ranked by **path score**" in caption
+    rows = table["value"]["data"]
+    assert len(rows) == len([n for n in tree.terminals() if n.answer is not None])
+    assert rows[0][-1].startswith("★ chosen") and sum("★" in r[-1] for r in rows) == 1
+    assert rows[0][5] == tree.run["selection"]["node_id"]
+    scores = [r[3] for r in rows]
+    assert scores == sorted(scores, reverse=True), "best-of-N ranks by path score"
+
+
+def test_a_gallery_run_fills_in_its_question_strategy_and_settings(client):
+    from reasoning_viz.service import gallery_runs
+
+    title, path = next(iter(gallery_runs().items()))
+    recorded = SearchTree.load(path)
+    out = client.predict(title, api_name="/gallery")
+    question, gold, strategy, seed = out[10:14]
+    assert question == recorded.question and strategy == recorded.run["strategy"]
+    assert gold == (recorded.run["gold"] or "") and seed == recorded.run["seed"]
+    filled = [v for v in out[14:] if not (isinstance(v, dict) and v.get("__type__") == "update")]
+    assert len(filled) >= len(recorded.run["params"]) - 1  # the strategy's widgets take the recorded values
 
 
 @pytest.mark.parametrize("question,params,message", [
@@ -155,7 +181,7 @@ def test_compare_runs_strategies_side_by_side(client):
     out = client.predict(QUESTION, "14", ["self_consistency", "beam_search"], "TinyGSM student + PRM (bundled, CPU)", 0, 4,
                          300, 20000, 60, api_name="/compare")
     table = out[-1]
-    rows = table["data"] if isinstance(table, dict) else table
+    rows = table["value"]["data"] if isinstance(table, dict) else table
     assert [r[0] for r in rows] == ["Self-consistency vote", "PRM beam search"]
     with pytest.raises(Exception, match="two to four"):
         client.predict(QUESTION, "", ["cot"], "TinyGSM student + PRM (bundled, CPU)", 0, 4, 300, 20000, 60, api_name="/compare")

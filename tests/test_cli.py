@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ def test_solve_writes_tree_and_offline_html(tmp_path, capsys):
     assert tree.run["params"]["n"] == 4 and tree.run["gold"] == "27"
     html = out_html.read_text(encoding="utf-8")
     assert "Plotly.newPlot" in html and not re.search(r"<script[^>]+src=", html)  # plotly.js inlined, nothing fetched
+    # the page carries the question, the answer, the chosen path and the legend, not only the figure
+    assert html_escape(QUESTION) in html and f"<b>Answer:</b> {tree.run['selection']['answer']}" in html
+    assert "The chosen path" in html and '"final answer"' in html and "80vh" in html
 
 
 def test_eval_prints_a_table(capsys):

@@ -18,7 +18,7 @@ from test_tree import small_tree
 
 from reasoning_viz import service
 from reasoning_viz.models import loading
-from reasoning_viz.render.figures import tree_figure, vote_figure
+from reasoning_viz.render.figures import standalone_html, tree_figure, vote_figure
 from reasoning_viz.render.text import answer_markdown, event_markdown, path_markdown, plain, progress_line
 from reasoning_viz.search import SCORE_BATCH, Budget, run_search
 from reasoning_viz.service import make_budget
@@ -411,6 +411,8 @@ def test_uploaded_text_cannot_become_links_images_or_tags():
     assert "<img" not in labels and "&lt;img" in labels
     votes = vote_figure(tree.run["selection"]).to_dict()
     assert "<img" not in json.dumps(votes)
+    page = standalone_html(tree)
+    assert "<img src=x" not in page and "&lt;img src=x" in page
 
 
 def test_a_hostile_upload_shows_as_text_through_the_app(client, tmp_path):

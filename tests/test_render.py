@@ -54,3 +54,60 @@ def test_inspector_text_renders_maths_and_the_whole_path():
     assert "Step 1" in text and "Step 2" in text and "**Answer:** 14 ✓" in text
     assert math_markdown("3 * 4 = 12") == r"$3 \times 4 = 12$"
     assert math_markdown("The answer is \\boxed{7}.") == "The answer is $\\boxed{7}$."
+
+
+def test_equal_neighbouring_answers_are_labelled_once_with_their_count():
+    from reasoning_viz.render.figures import answer_labels
+
+    t = SearchTree("q", run={"strategy": "best_of_n"})
+    ids = t.add_children(0, [dict(text=f"\\boxed{{{a}}}", status="terminal", answer=a) for a in "77787"], "five")
+    labels = answer_labels(t, tidy_layout(t))
+    assert sorted(labels.values()) == ["7", "7 ×3", "8"] and labels[ids[1]] == "7 ×3"
+
+
+def test_replay_frames_keep_the_finished_trees_layout():
+    from reasoning_viz.tree import replay
+
+    t = small_tree()
+    final = tidy_layout(t)
+    early = replay(t.events, 1, run=t.run)
+    fig = tree_figure(early, positions=final)
+    nodes = next(d for d in fig.data if d.name == "nodes")
+    assert [(x, y) for x, y in zip(nodes.x, nodes.y)] == [final[i] for i in nodes.customdata]
+    assert tidy_layout(early) != {i: final[i] for i in tidy_layout(early)}, "without it, nodes would move"
+
+
+def test_the_tree_has_a_legend_a_readable_title_and_a_colour_blind_safe_scale():
+    from reasoning_viz.render.figures import COLORSCALE
+    from reasoning_viz.select import best_score
+
+    t = small_tree()
+    t.run["strategy"] = "beam_search"
+    t.select_path(best_score(t).node_id, "chosen")
+    fig = tree_figure(t)
+    assert fig.layout.title.text == "PRM beam search · 7 nodes"
+    assert {d.name for d in fig.data if d.showlegend} >= {"question", "final answer", "pruned", "chosen path"}
+
+    def luminance(hex_colour):  # WCAG relative luminance
+        rgb = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    lum = [luminance(c) for _, c in COLORSCALE]
+    # ordered by lightness alone, so colour-blind readers (and greyscale prints) read it the same way;
+    # and every stop, the mid score too, stands out on white (contrast >= 2.5:1; red-yellow-green's was 1.1)
+    assert lum == sorted(lum) and all(1.05 / (x + 0.05) >= 2.5 for x in lum)
+
+
+def test_candidates_are_ranked_by_the_rule_with_ties_and_weak_steps_flagged():
+    from reasoning_viz.render.text import candidate_table
+    from reasoning_viz.select import majority_vote
+
+    t = small_tree()
+    t.run["selection"] = majority_vote(t).to_json()  # 14, 15, 20: one vote each, a three-way tie
+    caption, rows = candidate_table(t)
+    assert "votes for its answer" in caption and len(rows) == 3
+    assert all("tie" in r[-1] for r in rows) and rows[0][-1].startswith("★ chosen")
+    t.run["selection"] = {**majority_vote(t).to_json(), "rule": "best"}
+    weak = [r for r in candidate_table(t)[1] if "weakest step" in r[-1]]
+    assert [r[1] for r in weak] == ["20 ✗"]  # its first step scored 0.2, its last 0.95

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ..select import RANKED_BY, rank_candidates
 from ..tree import Node, SearchTree
 
 _EQUATION = re.compile(r"(?<![\w$\\])(-?\d+(?:\.\d+)?(?:\s*[-+*/×÷]\s*-?\d+(?:\.\d+)?)+\s*=\s*-?\d+(?:\.\d+)?)")
@@ -152,3 +153,34 @@ def event_markdown(tree: SearchTree, index: int) -> str:
     """One event of the log, in words, with its position."""
     e = tree.events[index]
     return f"**Event {index} of {len(tree.events) - 1}** ({plain(e.kind)}): {plain(e.message)}"
+
+
+CANDIDATE_COLUMNS = ["rank", "answer", "ranked by", "path score", "weakest step", "node", "note"]
+
+
+def candidate_table(tree: SearchTree, limit: int = 30) -> tuple[str, list[list]]:
+    """A caption and the rows of the ranked-candidates panel: every finished path as the run's rule
+    ranked it, the chosen one marked, ties and "last step high, weakest step low" flagged."""
+    sel = tree.run.get("selection")
+    params = tree.run.get("params") or {}
+    aggregation = params.get("aggregation") if params.get("aggregation") in ("last", "min", "prod", "mean") else "last"
+    ranked = rank_candidates(tree, sel, aggregation)
+    if not ranked:
+        return "No finished path gave an answer yet.", []
+    rule = sel["rule"]
+    caption = (f"{len(ranked)} finished path(s), ranked by **{RANKED_BY.get(rule, rule)}** (path score: "
+               f"{aggregation} step). The chosen one is marked ★.")
+    rows = []
+    for rank, c in enumerate(ranked[:limit], 1):
+        notes = []
+        if c.chosen:
+            notes.append("★ chosen")
+        if c.tied:
+            notes.append("tie")
+        if c.weakest is not None and c.last is not None and c.last - c.weakest >= WEAK_STEP_GAP:
+            notes.append(f"weakest step {c.weakest:.2f} ≪ last {c.last:.2f}")
+        mark = "" if c.correct is None else (" ✓" if c.correct else " ✗")
+        key = f"{c.key:g}" if rule in ("majority", "most-visited") else f"{c.key:.3f}"
+        rows.append([rank, c.answer + mark, key, round(c.score, 3), "" if c.weakest is None else round(c.weakest, 3),
+                     c.node_id, ", ".join(notes)])
+    return caption, rows

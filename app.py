@@ -22,10 +22,11 @@ from reasoning_viz import service  # noqa: E402
 from reasoning_viz.models.generator import OutOfMemory  # noqa: E402
 from reasoning_viz.models.loading import DEFAULT_PRESET, PRESETS  # noqa: E402
 from reasoning_viz.models.presets import SCORER_KINDS  # noqa: E402
-from reasoning_viz.render.figures import DECLUTTER_JS, standalone_html, tree_figure, vote_figure  # noqa: E402
+from reasoning_viz.render.figures import (DECLUTTER_JS, standalone_html, tree_figure, vote_figure,  # noqa: E402
+                                         waiting_figure)
 from reasoning_viz.render.layout import tidy_layout  # noqa: E402
 from reasoning_viz.render.text import (CANDIDATE_COLUMNS, NODE_COLUMNS, answer_markdown, candidate_table,  # noqa: E402
-                                       event_markdown, node_rows, path_markdown, progress_line)
+                                       event_markdown, explain_markdown, node_rows, path_markdown, progress_line)
 from reasoning_viz.strategies import STRATEGIES  # noqa: E402
 from reasoning_viz.tree import AGGREGATIONS, SearchTree, replay  # noqa: E402
 
@@ -92,6 +93,11 @@ CSS = """
 .rv-progress p {margin: 0}
 #header h2 {margin: 0}
 footer {display: none !important}
+/* projector mode: large text and strong contrast, plot labels too */
+body.rv-projector .prose, body.rv-projector label, body.rv-projector textarea, body.rv-projector input,
+body.rv-projector button {font-size: 1.3rem !important}
+body.rv-projector .prose {color: #000 !important}
+body.rv-projector #tree-plot svg text {font-size: 15px !important; fill: #000 !important}
 @media (max-width: 700px) {  /* a phone: question and Run, then the tree, then the folded settings */
   #tree-plot {min-height: 420px}
   #header p {display: none}
@@ -166,7 +172,7 @@ def _tree_outputs(tree: SearchTree, done: bool):
             vote_figure(sel), gr.Dataframe(value=node_rows(tree), headers=NODE_COLUMNS),
             gr.Slider(minimum=0, maximum=max(1, last), value=last, step=1, interactive=done),
             event_markdown(tree, last), file, tree.to_json(),  # nodes can be inspected mid-search too
-            caption, gr.Dataframe(value=rows, headers=CANDIDATE_COLUMNS))
+            caption, gr.Dataframe(value=rows, headers=CANDIDATE_COLUMNS), explain_markdown(tree))
 
 
 def _filled_inputs(tree: SearchTree):
@@ -327,26 +333,46 @@ def compare(question, gold, strategies, preset, seed, n, max_nodes, max_tokens, 
     if not isinstance(gold, (str, type(None))):
         raise ValueError("The gold answer must be text.")
     models = service.get_models(preset)
-    rows, figures = [], [gr.Plot(visible=False) for _ in range(4)]
+    # every chosen plot is shown from the start (a placeholder until its run ends), so each is laid out at
+    # its final width and draws its tree whole
+    titles = [STRATEGIES[name].title for name, _ in plans]
+    figures = [gr.Plot(value=waiting_figure(titles[i]), visible=True) if i < len(plans) else gr.Plot(visible=False)
+               for i in range(4)]
+    rows = [[title, "…", "", "", "", "", "", "waiting"] for title in titles]
+    yield (*figures, rows, f"Running {titles[0]} (1 of {len(plans)})…")
     for i, (name, params) in enumerate(plans):
         tree = service.run_once(question, name, models, params, seed, budget, (gold or "").strip()[:200] or None,
                                 session=_session(request))
         sel, t = tree.run["selection"], tree.run["totals"]
         node = tree.node(sel["node_id"]) if sel["node_id"] is not None else None
         correct = "" if node is None or node.correct is None else ("✓" if node.correct else "✗")
-        rows.append([STRATEGIES[name].title, sel["answer"] or "–", correct, t["nodes"], t["policy_tokens"],
-                     t["scorer_tokens"], round(t["seconds_total"], 2), tree.run["stopped"] or ""])
-        figures[i] = gr.Plot(value=tree_figure(tree, title=STRATEGIES[name].title, height=420), visible=True)
-        yield (*figures, rows)
+        rows[i] = [titles[i], sel["answer"] or "–", correct, t["nodes"], t["policy_tokens"], t["scorer_tokens"],
+                   round(t["seconds_total"], 2), tree.run["stopped"] or ""]
+        figures[i] = gr.Plot(value=tree_figure(tree, title=titles[i], height=420), visible=True)
+        done = i + 1 == len(plans)
+        yield (*figures, rows, compare_summary(rows) if done else f"Running {titles[i + 1]} ({i + 2} of {len(plans)})…")
+
+
+def compare_summary(rows: list[list]) -> str:
+    """One line over the finished comparison: correctness, and who spent least."""
+    marked = [r for r in rows if r[2] in ("✓", "✗")]
+    right = f"{sum(r[2] == '✓' for r in marked)} of {len(marked)} right · " if marked else ""
+    cheapest = min(rows, key=lambda r: r[4])
+    fastest = min(rows, key=lambda r: r[6])
+    return (f"**Done.** {right}fewest policy tokens: {cheapest[0]} ({cheapest[4]}) · fastest: {fastest[0]} "
+            f"({fastest[6]} s)")
 
 
 def build_app() -> gr.Blocks:
     examples = service.example_problems()
     ttl = service.LIMITS.file_ttl_seconds  # Gradio's copies of downloads and uploads are deleted after this
     with gr.Blocks(title="Reasoning Tree Explorer", delete_cache=(ttl, ttl)) as demo:
-        gr.Markdown("## 🌳 Reasoning Tree Explorer\nWatch a small model search for an answer step by step: every "
-                    "step, its score from a process reward model (PRM), and every branch kept or pruned.",
-                    elem_id="header")
+        with gr.Row(equal_height=True):
+            gr.Markdown("## 🌳 Reasoning Tree Explorer\nWatch a small model search for an answer step by step: every "
+                        "step, its score from a process reward model (PRM), and every branch kept or pruned.",
+                        elem_id="header")
+            projector = gr.Checkbox(False, label="Projector mode", info="Large text, strong contrast",
+                                    elem_id="projector", scale=0, min_width=160)
         tree_state = gr.State(None, time_to_live=service.LIMITS.file_ttl_seconds)
         with gr.Tab("Explore"):
             with gr.Row(equal_height=False):
@@ -410,6 +436,9 @@ def build_app() -> gr.Blocks:
                                      js_on_load=BRIDGE_JS, elem_id="node-bridge")
                 with gr.Column(scale=1, min_width=300, elem_id="inspector-column"):  # next to the tree
                     answer = gr.Markdown(elem_id="answer")
+                    with gr.Accordion("What am I looking at?", open=False, elem_id="explain-box"):
+                        explain = gr.Markdown("Run a search or open a recorded run: this panel then explains "
+                                              "the tree in front of you.", elem_id="explain")
                     with gr.Accordion("Inspector: the path to a node", open=True, elem_id="inspector-box"):
                         node_pick = gr.Number(label="Node id", precision=0, value=0, elem_id="node-id")
                         inspector = gr.Markdown("_Click a node in the tree (or pick one in the tables)._",
@@ -443,27 +472,36 @@ def build_app() -> gr.Blocks:
                 html_file = gr.File(label="Standalone HTML (opens offline)", interactive=False)
         with gr.Tab("Compare"):
             with gr.Row():
-                c_question = gr.Textbox(label="Question", lines=3, scale=3)
+                c_question = gr.Textbox(label="Question", lines=3, scale=3, elem_id="c-question")
                 with gr.Column(scale=1):
+                    c_example = gr.Dropdown([label for label, _, _ in examples], value=None, label="Example problems",
+                                            elem_id="c-example")
                     c_gold = gr.Textbox(label="Gold answer (optional)")
-                    c_seed = gr.Number(value=0, precision=0, label="Seed")
             c_strategies = gr.CheckboxGroup([(s.title, s.name) for s in STRATEGIES.values()],
-                                            value=["self_consistency", "beam_search"], label="Strategies (2-4)")
+                                            value=["self_consistency", "beam_search"], label="Strategies (2-4)",
+                                            elem_id="c-strategies")
             with gr.Row():
                 c_preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models")
+                c_seed = gr.Number(value=0, precision=0, label="Seed")
                 c_n = gr.Number(value=8, precision=0, label="N (where a strategy has one)")
                 c_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
                 c_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
                 c_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
-            c_btn = gr.Button("Compare", variant="primary")
+            with gr.Row():
+                c_btn = gr.Button("Compare", variant="primary", elem_id="c-run")
+                c_stop = gr.Button("Stop", variant="stop")
+            c_progress = gr.Markdown(elem_id="c-progress")
             c_table = gr.Dataframe(headers=["strategy", "answer", "correct", "nodes", "policy tokens", "PRM tokens",
                                             "seconds", "stopped"], interactive=False)
             with gr.Row():
-                c_plots = [gr.Plot(visible=False) for _ in range(2)]
+                c_plots = [gr.Plot(visible=False, show_label=False, elem_id=f"c-plot-{i}") for i in range(2)]
             with gr.Row():
-                c_plots += [gr.Plot(visible=False) for _ in range(2)]
+                c_plots += [gr.Plot(visible=False, show_label=False, elem_id=f"c-plot-{i}") for i in range(2, 4)]
         with gr.Tab("About the strategies"):
-            gr.Markdown("\n".join(f"- **{s.title}** — {s.summary} _{s.paper}_" for s in STRATEGIES.values()))
+            gr.Markdown("Every strategy spends more compute at answer time in its own way. What each does, when it "
+                        "helps, and where it comes from:\n\n" + "\n\n".join(
+                            f"**{s.title}** — {s.summary} *When it helps:* {s.helps} [{s.paper}]({s.link})"
+                            for s in STRATEGIES.values()), elem_id="about")
         with gr.Tab("The bundled models"):
             gr.Markdown("Three small models trained for this app, the shape of real test-time search in miniature: "
                         "a small **student** that errs (the default policy), a **larger model** of the same domain, "
@@ -485,7 +523,7 @@ def build_app() -> gr.Blocks:
 
         preset.change(preset_temperature, preset, temperature_widgets, api_visibility="private", queue=False)
         tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state,
-                        candidates_caption, candidates]
+                        candidates_caption, candidates, explain]
         filled = [question, gold, strategy, seed, *widgets]
         run_inputs = [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
                       custom_policy, scorer_kind, custom_scorer, run_name]
@@ -515,8 +553,11 @@ def build_app() -> gr.Blocks:
         upload.upload(load_file, upload, tree_outputs + filled, api_name="import_tree")
         gallery.input(load_gallery, gallery, tree_outputs + filled, api_name="gallery", **raw)
         html_btn.click(make_html, tree_state, html_file, api_name="export_html", **raw)
+        projector.change(None, projector, None, js="(on) => { document.body.classList.toggle('rv-projector', on); }")
+        c_example.input(load_example, c_example, [c_question, c_gold], api_visibility="private", queue=False, **raw)
         c_btn.click(compare, [c_question, c_gold, c_strategies, c_preset, c_seed, c_n, c_nodes, c_tokens, c_seconds],
-                    [*c_plots, c_table], api_name="compare", concurrency_id="model", **raw)
+                    [*c_plots, c_table, c_progress], api_name="compare", concurrency_id="model", **raw)
+        c_stop.click(stop, run_name, c_progress, api_visibility="private", queue=False, **raw)
     return demo
 
 

@@ -145,10 +145,10 @@ def test_a_gallery_run_fills_in_its_question_strategy_and_settings(client):
     title, path = next(iter(gallery_runs().items()))
     recorded = SearchTree.load(path)
     out = client.predict(title, api_name="/gallery")
-    question, gold, strategy, seed = out[10:14]
+    question, gold, strategy, seed = out[11:15]
     assert question == recorded.question and strategy == recorded.run["strategy"]
     assert gold == (recorded.run["gold"] or "") and seed == recorded.run["seed"]
-    filled = [v for v in out[14:] if not (isinstance(v, dict) and v.get("__type__") == "update")]
+    filled = [v for v in out[15:] if not (isinstance(v, dict) and v.get("__type__") == "update")]
     assert len(filled) >= len(recorded.run["params"]) - 1  # the strategy's widgets take the recorded values
 
 
@@ -180,9 +180,10 @@ def test_malformed_upload_is_refused(client, tmp_path):
 def test_compare_runs_strategies_side_by_side(client):
     out = client.predict(QUESTION, "14", ["self_consistency", "beam_search"], "TinyGSM student + PRM (bundled, CPU)", 0, 4,
                          300, 20000, 60, api_name="/compare")
-    table = out[-1]
-    rows = table["value"]["data"] if isinstance(table, dict) else table
+    table, summary = out[-2], out[-1]
+    rows = table.get("value", table)["data"] if isinstance(table, dict) else table
     assert [r[0] for r in rows] == ["Self-consistency vote", "PRM beam search"]
+    assert summary.startswith("**Done.**") and "of 2 right" in summary
     with pytest.raises(Exception, match="two to four"):
         client.predict(QUESTION, "", ["cot"], "TinyGSM student + PRM (bundled, CPU)", 0, 4, 300, 20000, 60, api_name="/compare")
 

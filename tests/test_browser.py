@@ -194,3 +194,44 @@ def test_no_two_answer_labels_overlap(browser, server, bundled_models, tmp_path)
         page.close()
         assert shown >= 1 and not overlaps, (name, shown, overlaps)
     assert shown >= 5, "labels that fit are shown"
+
+
+def test_projector_mode_and_the_about_tab(browser, server):
+    page = open_page(browser, server, LAPTOP)
+    size = lambda: page.evaluate("() => parseFloat(getComputedStyle(document.querySelector('#strategy-about p')).fontSize)")  # noqa: E731
+    before = size()
+    page.locator("#projector input").check()
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => document.body.classList.contains('rv-projector')") and size() > before * 1.2
+    page.get_by_role("tab", name="About the strategies").click()
+    about = page.locator("#about")
+    about.get_by_text("When it helps").first.wait_for(timeout=10_000)
+    links = about.locator("a")
+    assert links.count() == 8 and all("arxiv.org" in h or "huggingface.co" in h
+                                      for h in links.evaluate_all("els => els.map(e => e.href)"))
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_compare_four_strategies_draws_four_whole_trees(browser, server, artifacts_dir):
+    page = open_page(browser, server, LAPTOP)
+    page.get_by_role("tab", name="Compare").click()
+    pick(page, "#c-example", re.compile("Level 2"))
+    for title in ("Best-of-N", "DVTS"):
+        page.locator("#c-strategies").get_by_text(title, exact=True).click()
+    page.locator("#c-run").click()
+    page.locator("#c-progress").get_by_text("Done.").wait_for(timeout=180_000)
+    page.wait_for_timeout(1000)
+    for i in range(4):
+        whole = page.evaluate("""(i) => {
+            const box = document.querySelector('#c-plot-' + i).getBoundingClientRect();
+            const points = Array.from(document.querySelectorAll('#c-plot-' + i + ' .scatterlayer .trace .points path'));
+            const inside = points.every(p => { const r = p.getBoundingClientRect();
+                return r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1 && r.bottom <= box.bottom + 1; });
+            return [points.length, inside, box.width];
+        }""", i)
+        assert whole[0] > 3 and whole[1] and whole[2] > 200, (i, whole)
+    assert "right" in page.locator("#c-progress").inner_text() or "fewest" in page.locator("#c-progress").inner_text()
+    page.screenshot(path=str(artifacts_dir / "browser-compare.png"), full_page=True)
+    assert not page.errors, page.errors
+    page.close()

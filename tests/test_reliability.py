@@ -19,7 +19,8 @@ from test_tree import small_tree
 from reasoning_viz import service
 from reasoning_viz.models import loading
 from reasoning_viz.render.figures import standalone_html, tree_figure, vote_figure
-from reasoning_viz.render.text import answer_markdown, event_markdown, path_markdown, plain, progress_line
+from reasoning_viz.render.text import (answer_markdown, event_markdown, explain_markdown, path_markdown, plain,
+                                       progress_line)
 from reasoning_viz.search import SCORE_BATCH, Budget, run_search
 from reasoning_viz.service import make_budget
 from reasoning_viz.strategies.best_of_n import BestOfNParams
@@ -400,7 +401,8 @@ def test_uploaded_text_cannot_become_links_images_or_tags():
     """Item 14: uploaded trees put external links and images into the inspector, the answer, the replay
     text and the plot labels."""
     tree = hostile_tree()
-    texts = [path_markdown(tree, n.id) for n in tree.nodes()] + [answer_markdown(tree), progress_line(tree)]
+    texts = [path_markdown(tree, n.id) for n in tree.nodes()] + [answer_markdown(tree), progress_line(tree),
+                                                                  explain_markdown(tree)]
     texts += [event_markdown(tree, i) for i in range(len(tree.events))]
     for text in texts:
         assert "](" not in text and "<img" not in text and "http://" not in text and "www.evil" not in text

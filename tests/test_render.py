@@ -111,3 +111,14 @@ def test_candidates_are_ranked_by_the_rule_with_ties_and_weak_steps_flagged():
     t.run["selection"] = {**majority_vote(t).to_json(), "rule": "best"}
     weak = [r for r in candidate_table(t)[1] if "weakest step" in r[-1]]
     assert [r[1] for r in weak] == ["20 ✗"]  # its first step scored 0.2, its last 0.95
+
+
+def test_what_am_i_looking_at_tells_this_trees_numbers():
+    from reasoning_viz.render.text import explain_markdown
+    from reasoning_viz.select import best_score
+
+    t = small_tree()
+    t.run["selection"] = best_score(t).to_json()
+    text = explain_markdown(t)
+    assert "6 circles" in text and "this tree has 3" in text and "from 0.20 to 0.95" in text
+    assert "1 step(s)" in text and "rank 2 of 2, beam keeps 1" in text and "**The answer** 20 comes from" in text

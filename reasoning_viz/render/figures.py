@@ -162,6 +162,15 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560, h
     return fig
 
 
+def waiting_figure(title: str, height: int = 420) -> go.Figure:
+    """A placeholder for a tree that is still being searched (the compare view)."""
+    fig = go.Figure()
+    fig.add_annotation(text="waiting for its turn…", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=dict(text=html.escape(title), x=0.01), height=height, plot_bgcolor="white",
+                      xaxis=dict(visible=False), yaxis=dict(visible=False), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
 def tree_title(tree: SearchTree) -> str:
     """"Beam search · 65 nodes": the strategy's name as people read it, not its code name."""
     strategy = str(tree.run.get("strategy", ""))

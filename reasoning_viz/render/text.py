@@ -184,3 +184,40 @@ def candidate_table(tree: SearchTree, limit: int = 30) -> tuple[str, list[list]]
         rows.append([rank, c.answer + mark, key, round(c.score, 3), "" if c.weakest is None else round(c.weakest, 3),
                      c.node_id, ", ".join(notes)])
     return caption, rows
+
+
+def explain_markdown(tree: SearchTree) -> str:
+    """"What am I looking at?": what a step, a PRM score, pruning and the choice are, in plain words,
+    told with the numbers of this tree."""
+    steps = [n for n in tree.nodes()[1:]]
+    scored = [n.step_score for n in steps if n.step_score is not None]
+    pruned = [n for n in steps if n.status == "pruned"]
+    finished = [n for n in steps if n.status == "terminal" and n.answer is not None]
+    out = [f"**The tree.** The square at the top is the question. Each of the {len(steps)} circles below it is "
+           "one *step* the model wrote (hover to read it, click to see its whole path). A line from the square "
+           f"down to a diamond is one complete solution; this tree has {len(finished)}, and the diamond shows its "
+           "final answer (✓ or ✗ when a gold answer is given)."]
+    if scored:
+        out.append(f"**The colours** are the process reward model's score for each step: how likely the "
+                   f"verifier thinks the solution still is to be right after that step (dark violet near 0, "
+                   f"orange near 1). Here they run from {min(scored):.2f} to {max(scored):.2f}. A low step "
+                   "inside a path is where the verifier doubts it. A Math-Shepherd PRM (the bundled one too) learnt a "
+                   "step's score as how often the student goes on to the right answer from there, so even a right "
+                   "step of a hard problem scores modestly: compare a step with its siblings, not with 1.")
+    if pruned:
+        example = next((n.reason for n in pruned if n.reason), None)
+        out.append(f"**Pruned** (faded crosses): {len(pruned)} step(s) the strategy chose not to continue"
+                   + (f", e.g. “{plain(example)}”." if example else "."))
+    if any(n.visits for n in steps):
+        out.append("**Bigger circles** were visited more often by the tree search (MCTS): it came back to "
+                   "them because their steps scored well or were unexplored.")
+    sel = tree.run.get("selection") or {}
+    if sel.get("answer") is not None:
+        rule = {"majority": "is the answer most paths reached", "weighted": "is the answer whose paths scored "
+                "highest in total", "best": "comes from the single path the PRM scored highest",
+                "confidence": "is the answer the model was most confident of", "most-visited": "comes from the "
+                "path the tree search visited most", "shortest-confident": "comes from the shortest path the PRM "
+                "trusted"}.get(sel.get("rule"), "was chosen by the strategy's rule")
+        out.append(f"**The answer** {plain(sel['answer'])} {rule}; its path is drawn thick and blue. "
+                   "The table below the tree ranks every finished path the same way.")
+    return "\n\n".join(out)

@@ -22,8 +22,8 @@ from reasoning_viz import service  # noqa: E402
 from reasoning_viz.models.generator import OutOfMemory  # noqa: E402
 from reasoning_viz.models.loading import DEFAULT_PRESET, PRESETS  # noqa: E402
 from reasoning_viz.models.presets import SCORER_KINDS  # noqa: E402
-from reasoning_viz.render.figures import (DECLUTTER_JS, standalone_html, tree_figure, vote_figure,  # noqa: E402
-                                         waiting_figure)
+from reasoning_viz.render.figures import (DECLUTTER_JS, icicle_figure, standalone_html, tree_figure,  # noqa: E402
+                                         vote_figure, waiting_figure)
 from reasoning_viz.render.layout import tidy_layout  # noqa: E402
 from reasoning_viz.render.text import (CANDIDATE_COLUMNS, NODE_COLUMNS, answer_markdown, candidate_table,  # noqa: E402
                                        event_markdown, explain_markdown, node_rows, path_markdown, progress_line)
@@ -37,7 +37,7 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 # Label and help text of every hyperparameter the strategies' dataclasses define.
 FIELD_UI = {
     "temperature": ("Temperature", "Sampling randomness; 0 = greedy. Set from the model preset "
-                                   "(0.8 for the bundled and hub models)."),
+                                   f"({PRESETS[DEFAULT_PRESET].temperature:g} for the bundled and hub models)."),
     "max_depth": ("Max steps", "Longest path, in reasoning steps."),
     "max_step_tokens": ("Max tokens per step", "A step is cut here if no blank line comes first."),
     "greedy": ("Greedy", "Off: one sampled chain at the temperature above."),
@@ -172,7 +172,7 @@ def _tree_outputs(tree: SearchTree, done: bool):
             vote_figure(sel), gr.Dataframe(value=node_rows(tree), headers=NODE_COLUMNS),
             gr.Slider(minimum=0, maximum=max(1, last), value=last, step=1, interactive=done),
             event_markdown(tree, last), file, tree.to_json(),  # nodes can be inspected mid-search too
-            caption, gr.Dataframe(value=rows, headers=CANDIDATE_COLUMNS), explain_markdown(tree))
+            caption, gr.Dataframe(value=rows, headers=CANDIDATE_COLUMNS), explain_markdown(tree), icicle_figure(tree))
 
 
 def _filled_inputs(tree: SearchTree):
@@ -231,16 +231,24 @@ def stop(run_name: str = "", request: gr.Request = None) -> str:
 
 
 @user_errors("inspecting the node")
-def inspect(node_id, tree_json):
+def inspect(node_id, tree_json, fold=False):
     """The inspector for one node (from a click on the plot, the table, or the API); the tree is redrawn
-    with that node ringed."""
+    with that node ringed (pruned branches folded if ``fold``)."""
     tree = _tree_json(tree_json)
     try:
         node = int(service.number(node_id, "node id", whole=True))
         tree.node(node)
     except (ValueError, KeyError):
         raise ValueError(f"There is no node {str(node_id)[:20]!r} in this tree (ids run 0-{len(tree) - 1}).") from None
-    return path_markdown(tree, node), node, tree_figure(tree, highlight=node)
+    return path_markdown(tree, node), node, tree_figure(tree, highlight=node, fold_pruned=fold is True)
+
+
+@user_errors("drawing the tree")
+def redraw(fold, tree_json):
+    """The tree with its pruned branches folded or not (the checkbox above it)."""
+    if not tree_json:
+        return gr.skip()
+    return tree_figure(_tree_json(tree_json), fold_pruned=fold is True)
 
 
 @user_errors("inspecting the node")
@@ -431,6 +439,7 @@ def build_app() -> gr.Blocks:
                     progress = gr.Markdown("Pick an example or type a question, then press Run.",
                                            elem_classes="rv-progress", elem_id="progress")
                     plot = gr.Plot(label="Search tree", show_label=False, elem_id="tree-plot")
+                    fold = gr.Checkbox(False, label="Fold pruned branches (one '+12 pruned' marker each)", elem_id="fold")
                     bridge = gr.HTML(value="", html_template="<span class='rv-clicked'>${value ? 'Clicked node ' + value : "
                                      "'Click a node to read its path in the inspector.'}</span>",
                                      js_on_load=BRIDGE_JS, elem_id="node-bridge")
@@ -452,6 +461,9 @@ def build_app() -> gr.Blocks:
                                                   elem_id="candidates", max_height=320)
                 with gr.Column(scale=2):
                     votes = gr.Plot(label="Votes (or confidence) per answer", elem_id="votes")
+            with gr.Accordion("Icicle view, for big trees: each step a block under its parent; click one to zoom into "
+                              "its subtree", open=False, elem_id="icicle-box"):
+                icicle = gr.Plot(label="Icicle", show_label=False, elem_id="icicle")
             with gr.Accordion("Replay: play the search back, event by event", open=False, elem_id="replay-box"):
                 with gr.Row():
                     play_btn = gr.Button("Play", elem_id="play", min_width=80)
@@ -523,7 +535,7 @@ def build_app() -> gr.Blocks:
 
         preset.change(preset_temperature, preset, temperature_widgets, api_visibility="private", queue=False)
         tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state,
-                        candidates_caption, candidates, explain]
+                        candidates_caption, candidates, explain, icicle]
         filled = [question, gold, strategy, seed, *widgets]
         run_inputs = [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
                       custom_policy, scorer_kind, custom_scorer, run_name]
@@ -539,9 +551,11 @@ def build_app() -> gr.Blocks:
         stop_btn.click(stop, run_name, stop_note, api_name="stop", queue=False, **raw)
         run_event.then(lambda: "", None, stop_note, api_visibility="private", queue=False)
         inspected = [inspector, node_pick, plot]
-        node_pick.submit(inspect, [node_pick, tree_state], inspected, api_name="inspect", **raw)
-        bridge.click(inspect, [bridge, tree_state], inspected, api_name="inspect_click", **raw,
+        node_pick.submit(inspect, [node_pick, tree_state, fold], inspected, api_name="inspect", **raw)
+        bridge.click(inspect, [bridge, tree_state, fold], inspected, api_name="inspect_click", **raw,
                      api_visibility="private")
+        fold.change(redraw, [fold, tree_state], plot, api_visibility="private", **raw)
+        run_event.then(redraw, [fold, tree_state], plot, api_visibility="private", **raw)
         table.select(pick_row, tree_state, inspected, api_visibility="private", **raw)
         candidates.select(pick_candidate, tree_state, inspected, api_visibility="private", **raw)
         event_slider.release(replay_to, [event_slider, tree_state], [replay_plot, event_text], api_name="replay", **raw)

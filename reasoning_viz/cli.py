@@ -22,10 +22,10 @@ def parse_params(strategy: str, pairs: list[str], base: dict[str, Any] | None = 
     ``shared`` pairs come first and skip keys this strategy lacks (one ``--set`` given to several
     strategies); ``pairs`` must all fit.
     """
+    from .service import make_params
     from .strategies import STRATEGIES
 
-    cls = STRATEGIES[strategy].params
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(STRATEGIES[strategy].params)}
     values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in fields}
     for pair, optional in [*((p, True) for p in shared), *((p, False) for p in pairs)]:
         key, sep, raw = pair.partition("=")
@@ -33,17 +33,11 @@ def parse_params(strategy: str, pairs: list[str], base: dict[str, Any] | None = 
             continue
         if not sep or key not in fields:
             raise SystemExit(f"--set {pair!r}: {strategy} takes {', '.join(sorted(fields))} (as key=value)")
-        kind = float if fields[key].default is None else type(fields[key].default)  # None: temperature
-        try:
-            values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
-        except ValueError:
-            raise SystemExit(f"--set {pair!r}: {key} must be a {kind.__name__}") from None
-    params = cls(**values)
-    try:
-        params.validate()
+        values[key] = raw
+    try:  # the app's parser: the same text gives the same hyperparameters in the app and here
+        return make_params(strategy, values)
     except ValueError as exc:
         raise SystemExit(f"invalid hyperparameters: {exc}") from None
-    return params
 
 
 # What ``eval --strategy all`` compares: every strategy, plus the variants the README's claims are
@@ -76,7 +70,7 @@ def _budget(args):
 def cmd_solve(args) -> int:
     from .models.loading import load_preset
     from .render.figures import standalone_html
-    from .search import run_search
+    from .strategies import run_search
 
     params = parse_params(args.strategy, args.set or [])
     models = load_preset(args.preset)
@@ -107,7 +101,7 @@ def cmd_eval(args) -> int:
 
     from .models.loading import load_preset
     from .problems.tinygsm import load_test_set
-    from .search import run_search
+    from .strategies import run_search
     from .strategies import STRATEGIES
 
     rows = parse_eval_rows(args.strategy)
@@ -165,13 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .search import Budget  # its defaults are the CLI's (and the host's)
+
     def common(p):
         p.add_argument("--preset", default=DEFAULT_PRESET, help="model preset (default: the bundled student with the PRM)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a strategy hyperparameter")
-        p.add_argument("--max-nodes", type=int, default=2000)
-        p.add_argument("--max-tokens", type=int, default=200_000)
-        p.add_argument("--max-seconds", type=float, default=300.0)
+        p.add_argument("--max-nodes", type=int, default=Budget.max_nodes)
+        p.add_argument("--max-tokens", type=int, default=Budget.max_tokens)
+        p.add_argument("--max-seconds", type=float, default=Budget.max_seconds)
 
     solve = sub.add_parser("solve", help="answer one question and record the search")
     solve.add_argument("question")

@@ -1,4 +1,4 @@
-"""Running a strategy: the context a strategy searches through, budgets, and ``run_search``.
+"""Running a strategy: the context a strategy searches through, budgets, and ``run_strategy``.
 
 A strategy only calls ``SearchContext.expand`` (generate and score children) and the tree's own
 methods (prune, update, note). The context turns model output into tree nodes, keeps the totals,
@@ -14,42 +14,38 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from .models.generator import SamplingParams, StepGenerator, StepSample
-from .models.scorers import StepScorer
+from .models.generator import SamplingParams, StepSample
+from .models.pair import Models  # noqa: F401 (what a search runs with; imported from here by callers too)
 from .problems.grading import answers_match, extract_boxed, normalize_answer
 from .problems.tinygsm import domain_warning
 from .tree import SearchTree
+
+
+EVENTS_PER_NODE = 10  # ordinary runs log about one to three events per node
 
 
 @dataclass
 class Budget:
     """Caps on one run. A run that reaches one stops cleanly and says so in its record."""
 
-    max_nodes: int = 2000
+    max_nodes: int = 2000  # the defaults here are the host's defaults too (service.HostLimits)
     max_tokens: int = 200_000
-    max_seconds: float = 300.0
+    max_seconds: float = 120.0
+
+    @property
+    def max_events(self) -> int:
+        """The event log's cap, from the node cap: an MCTS that only re-visits finished paths appends an
+        event per simulation without adding a node, and the record (memory) must stay bounded."""
+        return EVENTS_PER_NODE * self.max_nodes
 
     def validate(self) -> None:
         # written as "not (x > 0)" so that NaN, which compares false with everything, is refused too
         if not (self.max_nodes >= 2 and self.max_tokens >= 1 and 0 < self.max_seconds < float("inf")):
             raise ValueError("budget caps must be positive and finite (max_nodes >= 2)")
-
-
-@dataclass
-class Models:
-    """What a search runs with: a step generator (policy) and a step scorer (PRM or other)."""
-
-    generator: StepGenerator
-    scorer: StepScorer
-    policy_id: str
-    scorer_id: str
-    system_prompt: str | None = None
-    temperature: float = 0.8  # default sampling temperature for this policy (a strategy may override)
-    domain: str | None = None  # "tinygsm" for the bundled models: questions outside it get a warning
 
 
 SCORE_BATCH = 64  # paths per scorer call; the caps are checked between calls
@@ -87,7 +83,7 @@ class SearchContext:
 
     @property
     def scorer_tokens(self) -> int:
-        return self.models.scorer.tokens_scored  # the run's own scorer (``run_search``)
+        return self.models.scorer.tokens_scored  # the run's own scorer (``run_strategy``)
 
     def check(self) -> None:
         """Raise ``SearchStopped`` when the user cancelled or the time cap is reached. ``expand`` calls
@@ -97,6 +93,8 @@ class SearchContext:
             raise SearchStopped("cancelled by the user")
         if self.elapsed >= self.budget.max_seconds:
             raise SearchStopped(f"time cap reached ({self.budget.max_seconds:g} s)")
+        if len(self.tree.events) >= self.budget.max_events:
+            raise SearchStopped(f"event cap reached ({self.budget.max_events} events)")
 
     def _affordable(self, nodes: list[int], k: int, max_step_tokens: int) -> list[int]:
         """The nodes that can still be expanded within the caps (in order); raise if none."""
@@ -251,19 +249,27 @@ def library_versions() -> dict[str, str]:
             "transformers": transformers.__version__, "networkx": networkx.__version__}
 
 
-def run_search(question: str, strategy: str, models: Models, params: Any = None, *, seed: int = 0,
-               budget: Budget | None = None, gold: str | int | None = None,
-               on_update: Callable[[SearchContext], None] | None = None,
-               cancel: threading.Event | None = None) -> SearchTree:
-    """Run one strategy on one question; returns the complete record, with the answer selected."""
-    from .strategies import STRATEGIES
+class StrategySpec(Protocol):
+    """What ``run_strategy`` needs of a strategy (``strategies.Strategy`` is one)."""
 
+    name: str
+    params: type
+    run: Callable[[Any, Any], None]
+    select: Callable[[Any, Any], Any]
+
+
+def run_strategy(question: str, spec: StrategySpec, models: Models, params: Any = None, *, seed: int = 0,
+                 budget: Budget | None = None, gold: str | int | None = None,
+                 on_update: Callable[[SearchContext], None] | None = None,
+                 cancel: threading.Event | None = None) -> SearchTree:
+    """Run one strategy on one question; returns the complete record, with the answer selected.
+
+    The strategy is passed in (``strategies.run_search`` looks it up by name), so this module never
+    imports the strategies that import it."""
+    strategy = spec.name
     question = (question or "").strip()
     if not question:
         raise ValueError("the question is empty")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
-    spec = STRATEGIES[strategy]
     params = params if params is not None else spec.params()
     if not isinstance(params, spec.params):
         raise TypeError(f"{strategy} takes {spec.params.__name__}, got {type(params).__name__}")

@@ -25,8 +25,8 @@ from typing import Any
 from .models.loading import PRESETS, load_models, load_preset
 from .models.presets import BUNDLED_MODELS, MATH_SYSTEM_PROMPT, SCORER_KINDS, check_model_ref
 from .problems.tinygsm import LEVELS, load_test_set
-from .search import Budget, Models, SearchContext, run_search
-from .strategies import STRATEGIES
+from .search import Budget, Models, SearchContext
+from .strategies import STRATEGIES, run_search
 from .tree import SearchTree, TreeFormatError
 
 try:  # on a Hugging Face Space with ZeroGPU, model work must run inside @spaces.GPU
@@ -47,9 +47,9 @@ class HostLimits:
     """What a host sets by environment variable ``RV_<FIELD NAME>`` (the README's table); users can ask
     for less, never more."""
 
-    max_nodes: int = 2000  # RV_MAX_NODES: caps on every search
-    max_tokens: int = 200_000  # RV_MAX_TOKENS
-    max_seconds: float = 120.0  # RV_MAX_SECONDS
+    max_nodes: int = Budget.max_nodes  # RV_MAX_NODES: caps on every search (defaults: one run's Budget)
+    max_tokens: int = Budget.max_tokens  # RV_MAX_TOKENS
+    max_seconds: float = Budget.max_seconds  # RV_MAX_SECONDS
     concurrency: int = 1  # RV_CONCURRENCY: searches that run at once, however they are called
     max_upload_mb: float = 20.0  # RV_MAX_UPLOAD_MB: Gradio refuses bigger uploads before writing them
     export_files: int = 200  # RV_EXPORT_FILES: downloads kept on disk (the oldest go first)
@@ -110,6 +110,10 @@ def number(raw: Any, name: str, whole: bool) -> float:
     return value
 
 
+BOOL_WORDS = {True: True, False: False, "true": True, "false": False, "yes": True, "no": False, "1": True,
+              "0": False}
+
+
 def make_params(strategy: str, values: dict[str, Any]) -> Any:
     """The strategy's hyperparameter dataclass from UI or API values, type-checked and validated."""
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
@@ -133,9 +137,10 @@ def make_params(strategy: str, values: dict[str, Any]) -> Any:
         elif kind is float:
             kwargs[f.name] = number(raw, f.name, whole=False)
         elif kind is bool:
-            if raw not in (True, False, "true", "false"):
+            word = raw.strip().lower() if isinstance(raw, str) else raw
+            if word not in BOOL_WORDS:
                 raise ValueError(f"{f.name} must be true or false")
-            kwargs[f.name] = raw in (True, "true")
+            kwargs[f.name] = BOOL_WORDS[word]
         else:
             if not isinstance(raw, str) or len(raw) > 40:
                 raise ValueError(f"{f.name} must be one of the listed choices")
@@ -313,7 +318,7 @@ def stream_search(question: str, strategy: str, models: Models, params: Any, see
             kind, payload = updates.get()
             if kind == "snapshot":
                 if updates.qsize() == 0:  # skip stale snapshots if the UI fell behind
-                    yield SearchTree.loads(payload), False
+                    yield SearchTree.from_json(json.loads(payload), trusted=True), False
             elif kind == "done":
                 yield payload, True
                 return

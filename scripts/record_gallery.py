@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from reasoning_viz.models.loading import DEFAULT_PRESET, load_preset  # noqa: E402
 from reasoning_viz.problems.tinygsm import load_test_set  # noqa: E402
-from reasoning_viz.search import run_search  # noqa: E402
+from reasoning_viz.strategies import run_search  # noqa: E402
 from reasoning_viz.service import RUNS_DIR  # noqa: E402
 from reasoning_viz.strategies import STRATEGIES  # noqa: E402
 

@@ -145,10 +145,10 @@ def test_a_gallery_run_fills_in_its_question_strategy_and_settings(client):
     title, path = next(iter(gallery_runs().items()))
     recorded = SearchTree.load(path)
     out = client.predict(title, api_name="/gallery")
-    question, gold, strategy, seed = out[11:15]
+    question, gold, strategy, seed = out[12:16]
     assert question == recorded.question and strategy == recorded.run["strategy"]
     assert gold == (recorded.run["gold"] or "") and seed == recorded.run["seed"]
-    filled = [v for v in out[15:] if not (isinstance(v, dict) and v.get("__type__") == "update")]
+    filled = [v for v in out[16:] if not (isinstance(v, dict) and v.get("__type__") == "update")]
     assert len(filled) >= len(recorded.run["params"]) - 1  # the strategy's widgets take the recorded values
 
 

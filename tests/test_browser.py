@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = os.environ.get("RV_CHROMIUM", "/usr/bin/chromium")
 LAPTOP, PHONE = {"width": 1440, "height": 900}, {"width": 390, "height": 844}
 
@@ -172,7 +172,7 @@ def test_no_two_answer_labels_overlap(browser, server, bundled_models, tmp_path)
     to each other: equal answers are labelled once with their count, and the page hides what would
     still overlap."""
     from reasoning_viz.problems.tinygsm import load_test_set
-    from reasoning_viz.search import run_search
+    from reasoning_viz.strategies import run_search
     from reasoning_viz.strategies.beam_search import BeamSearchParams
     from reasoning_viz.tree import SearchTree
 
@@ -190,6 +190,13 @@ def test_no_two_answer_labels_overlap(browser, server, bundled_models, tmp_path)
         page = open_page(browser, server, LAPTOP)
         page.locator("#controls").get_by_text("Open a recorded run").click()
         shown, overlaps = _label_overlaps(page, tmp_path / name)
+        if name == "beam.json":  # a wide search: fold its pruned branches, and see it as an icicle
+            page.locator("#fold input").check()
+            page.locator("#tree-plot").get_by_text(re.compile(r"\+\d+ pruned")).first.wait_for(timeout=20_000)
+            page.locator("#icicle-box").get_by_text("Icicle view").first.click()
+            page.wait_for_timeout(1500)
+            sectors = page.locator("#icicle g.slice").count()
+            assert sectors > 50, sectors
         assert not page.errors, page.errors
         page.close()
         assert shown >= 1 and not overlaps, (name, shown, overlaps)

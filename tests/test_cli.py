@@ -42,7 +42,7 @@ def test_eval_prints_a_table(capsys):
 
 def test_eval_counts_each_level_and_the_whole(capsys, bundled_models):
     from reasoning_viz.problems.tinygsm import load_test_set
-    from reasoning_viz.search import run_search
+    from reasoning_viz.strategies import run_search
 
     assert main(["eval", "--strategy", "cot", "--levels", "1,6", "--limit", "3"]) == 0
     header, _, row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
@@ -82,6 +82,7 @@ def test_bad_input_is_one_clear_line():
     assert run.returncode != 0 and "n must be >= 1" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_ratios():
     run = subprocess.run([sys.executable, "-m", "reasoning_viz", "bench", "--quick"], capture_output=True,
                          text=True, cwd=ROOT, timeout=600)
@@ -89,6 +90,7 @@ def test_bench_quick_prints_ratios():
     assert "ratio (c)/(a)" in run.stdout and "depth" in run.stdout
 
 
+@pytest.mark.slow
 def test_training_quick_runs_every_recipe_end_to_end(tmp_path):
     """--quick: student, larger model, then the PRM built on the larger one and labelled by the student."""
     student, large, prm = tmp_path / "student", tmp_path / "large", tmp_path / "prm"
@@ -115,3 +117,28 @@ def test_training_quick_runs_every_recipe_end_to_end(tmp_path):
     prm_model = MathShepherdPRM(AutoModelForCausalLM.from_pretrained(prm), AutoTokenizer.from_pretrained(prm))
     scores = prm_model.score("Mia has 3 apples.", [["3 + 1 = 4", "The answer is \\boxed{4}."]])
     assert len(scores[0]) == 2
+
+
+@pytest.mark.parametrize("strategy, text, value", [
+    ("cot", "greedy=false", {"greedy": False}), ("cot", "greedy=0", {"greedy": False}),
+    ("cot", "greedy=yes", {"greedy": True}), ("best_of_n", "n=1e3", {"n": 1000}),
+    ("best_of_n", "n=2.5", "n must be a whole number"), ("best_of_n", "n=NaN", "n must be a finite number"),
+    ("beam_search", "temperature=0.5", {"temperature": 0.5}), ("cot", "greedy=maybe", "greedy must be true or false"),
+])
+def test_the_app_and_the_cli_parse_hyperparameters_alike(strategy, text, value):
+    """One parser (#24): "false" was true in the app (bool("false")) and false in the CLI."""
+    import dataclasses
+
+    from reasoning_viz.cli import parse_params
+    from reasoning_viz.service import make_params
+
+    key, _, raw = text.partition("=")
+    if isinstance(value, str):
+        with pytest.raises(ValueError, match=value):
+            make_params(strategy, {key: raw})
+        with pytest.raises(SystemExit, match=value):
+            parse_params(strategy, [text])
+        return
+    from_app, from_cli = make_params(strategy, {key: raw}), parse_params(strategy, [text])
+    assert from_app == from_cli and {k: getattr(from_cli, k) for k in value} == value
+    assert dataclasses.asdict(from_app) == dataclasses.asdict(from_cli)

@@ -30,6 +30,7 @@ from reasoning_viz.service import gallery_runs
 from reasoning_viz.strategies import STRATEGIES
 from reasoning_viz.tree import SearchTree, TreeFormatError, replay
 
+pytestmark = pytest.mark.slow  # about a minute: in the README command, not in `-m "not slow"`
 BUNDLED_PRESETS = [name for name in PRESETS if name.startswith("TinyGSM")]
 FIELDS = sorted({f for s in STRATEGIES.values() for f in s.params.__dataclass_fields__})
 OUTCOMES: Counter = Counter()
@@ -69,8 +70,9 @@ ENDPOINT_INPUTS = {
             st.just(""), st.sampled_from(["llm-judge", "calculator"]), st.just(""),
             st.sampled_from(["", "a"])],
     "stop": [st.sampled_from(["", "a", "b"])],
-    "inspect": [st.integers(-2, 40), st.none()],
-    "inspect_click": [st.integers(-2, 40).map(str), st.none()],
+    "inspect": [st.integers(-2, 40), st.none(), st.booleans()],
+    "inspect_click": [st.integers(-2, 40).map(str), st.none(), st.booleans()],
+    "redraw": [st.booleans(), st.none()],
     "replay": [st.integers(-2, 80), st.none()],
     "gallery": [st.sampled_from(list(gallery_runs()) or ["none"])],
     "export_html": [st.none()],
@@ -129,6 +131,7 @@ test_fuzz_gallery = _endpoint_test("gallery", 15)
 test_fuzz_export_html = _endpoint_test("export_html", 5)
 test_fuzz_collect_params = _endpoint_test("collect_params", 20)
 test_fuzz_show_strategy = _endpoint_test("show_strategy", 10)
+test_fuzz_redraw = _endpoint_test("redraw", 10)
 test_fuzz_preset_temperature = _endpoint_test("preset_temperature", 10)
 
 

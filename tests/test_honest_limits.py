@@ -10,7 +10,7 @@ from reasoning_viz.models.presets import BUNDLED_TEMPERATURE, DEFAULT_PRESET, PR
 from reasoning_viz.models.scorers import SelfConfidence
 from reasoning_viz.problems.tinygsm import OUT_OF_DOMAIN, domain_warning, load_test_set
 from reasoning_viz.render.text import answer_markdown, plain
-from reasoning_viz.search import run_search
+from reasoning_viz.strategies import run_search
 from reasoning_viz.tree import SearchTree
 
 

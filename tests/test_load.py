@@ -77,9 +77,9 @@ def test_eight_clients_at_once_get_their_own_trees(concurrency):
 
         def stopper() -> None:  # a ninth user starts an endless search and stops it
             client = Client(app.url, analytics_enabled=False, verbose=False)
-            job = client.submit("Mia has 3 apples.", "", "mcts", PRESET, 0,
-                                json.dumps({"simulations": 10**9, "width": 2}), 2000, 200000, 60, "", "llm-judge",
-                                "", "", api_name="/run")
+            endless = json.dumps({"simulations": 10**9, "width": 64, "max_depth": 50})  # ~15 s to its node cap
+            job = client.submit("Mia has 3 apples.", "", "mcts", PRESET, 0, endless, 2000, 200000, 60, "",
+                                "llm-judge", "", "", api_name="/run")
             while not job.outputs() and not job.done():  # Stop reaches a run once it runs, not while it queues
                 time.sleep(0.1)
             time.sleep(0.5)

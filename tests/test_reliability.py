@@ -21,7 +21,8 @@ from reasoning_viz.models import loading
 from reasoning_viz.render.figures import standalone_html, tree_figure, vote_figure
 from reasoning_viz.render.text import (answer_markdown, event_markdown, explain_markdown, path_markdown, plain,
                                        progress_line)
-from reasoning_viz.search import SCORE_BATCH, Budget, run_search
+from reasoning_viz.search import SCORE_BATCH, Budget
+from reasoning_viz.strategies import run_search
 from reasoning_viz.service import make_budget
 from reasoning_viz.strategies.best_of_n import BestOfNParams
 from reasoning_viz.strategies.mcts import MCTSParams
@@ -43,7 +44,8 @@ def test_an_endless_mcts_stops_at_its_time_cap(tiny_models):
     """Item 1: once every leaf is finished, simulations only re-visit them, never reaching expand's
     checks; the run went on past every cap. Now every simulation checks the clock and Stop."""
     started = time.perf_counter()
-    tree = run_search("Mia has 3 apples.", "mcts", tiny_models, ENDLESS_MCTS, budget=Budget(max_seconds=1.0))
+    tree = run_search("Mia has 3 apples.", "mcts", tiny_models, ENDLESS_MCTS,
+                      budget=Budget(max_nodes=100_000, max_seconds=1.0))  # an event cap far off
     assert time.perf_counter() - started < 10
     assert tree.run["stopped"] == "time cap reached (1 s)"
 
@@ -52,8 +54,8 @@ def test_an_endless_mcts_stops_when_the_user_stops_it(tiny_models):
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
     started = time.perf_counter()
-    tree = run_search("Mia has 3 apples.", "mcts", tiny_models, ENDLESS_MCTS, budget=Budget(max_seconds=60),
-                      cancel=cancel)
+    tree = run_search("Mia has 3 apples.", "mcts", tiny_models, ENDLESS_MCTS,
+                      budget=Budget(max_nodes=100_000, max_seconds=60), cancel=cancel)
     assert time.perf_counter() - started < 10 and tree.run["stopped"] == "cancelled by the user"
 
 
@@ -226,9 +228,12 @@ def test_concurrent_runs_give_the_trees_of_serial_runs(bundled_models):
         assert a.run["totals"]["scorer_tokens"] == b.run["totals"]["scorer_tokens"] > 0
 
 
+GROWING_MCTS = MCTSParams(simulations=10**9, width=2, max_depth=10**6, max_step_tokens=4)  # expands every time
+
+
 def _stream(models, session, run_id, out):
-    for tree, done in service.stream_search("Mia has 3 apples.", "mcts", models, ENDLESS_MCTS, 0,
-                                            Budget(max_seconds=30), None, session, run_id):
+    for tree, done in service.stream_search("Mia has 3 apples.", "mcts", models, GROWING_MCTS, 0,
+                                            Budget(max_nodes=100_000, max_seconds=30), None, session, run_id):
         if done:
             out[session, run_id] = tree
 
@@ -338,7 +343,7 @@ def test_nan_in_replay_and_inspect_gets_a_sentence(server):
     assert ok
     ok, output = raw_queue.call(server, "replay", "[NaN, null]", session=session)
     assert not ok and output["error"] == "event must be a finite number"
-    ok, output = raw_queue.call(server, "inspect", "[NaN, null]", session=session)
+    ok, output = raw_queue.call(server, "inspect", "[NaN, null, false]", session=session)
     assert not ok and output["error"].startswith("There is no node")
 
 
@@ -424,3 +429,12 @@ def test_a_hostile_upload_shows_as_text_through_the_app(client, tmp_path):
     answer, inspector = out[2], client.predict(1, api_name="/inspect")[0]
     for text in (answer, inspector):
         assert "](" not in text and "<img" not in text
+
+
+def test_an_endless_mcts_stops_at_the_event_cap_so_its_record_stays_bounded(tiny_models):
+    """Item 1's other half: each re-visit of a finished path appended an event (41,634 in one second,
+    12 MB of record for 7 nodes), so memory grew without bound under any time cap."""
+    budget = Budget(max_nodes=20, max_seconds=60)
+    tree = run_search("Mia has 3 apples.", "mcts", tiny_models, ENDLESS_MCTS, budget=budget)
+    assert tree.run["stopped"] == f"event cap reached ({budget.max_events} events)"
+    assert len(tree.events) <= budget.max_events + 3  # the stop note, the selection

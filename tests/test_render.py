@@ -122,3 +122,37 @@ def test_what_am_i_looking_at_tells_this_trees_numbers():
     text = explain_markdown(t)
     assert "6 circles" in text and "this tree has 3" in text and "from 0.20 to 0.95" in text
     assert "1 step(s)" in text and "rank 2 of 2, beam keeps 1" in text and "**The answer** 20 comes from" in text
+
+
+def test_folding_draws_each_nodes_pruned_children_as_one_stub():
+    t = SearchTree("q", run={"strategy": "beam_search"})
+    kept, *dropped = t.add_children(0, [dict(text=f"step {i}") for i in range(5)], "five")
+    t.prune({n: f"rank {i + 2} of 5, beam keeps 1" for i, n in enumerate(dropped)}, "pruned four")
+    fig = tree_figure(t, fold_pruned=True)
+    folded = next(d for d in fig.data if d.name == "folded")
+    assert folded.text == ("+4 pruned",) and "rank 2 of 5" in folded.hovertext[0]
+    nodes = next(d for d in fig.data if d.name == "nodes")
+    assert sorted(nodes.customdata) == [0, kept], "the pruned nodes themselves are not drawn"
+    assert len(next(d for d in tree_figure(t).data if d.name == "nodes").customdata) == 6  # unfolded: all
+
+
+def test_fast_slow_stages_have_their_own_colour_and_the_verdict_is_shown():
+    from reasoning_viz.render.figures import FAST
+
+    t = SearchTree("q", run={"strategy": "fast_slow"})
+    t.add_children(0, [dict(text="fast", status="terminal", answer="3")], "fast", stage="fast")
+    t.note("stage", "Verify: the fast path's min score 0.420 fails the threshold 0.7")
+    t.add_children(0, [dict(text="slow")], "slow", stage="slow")
+    fig = tree_figure(t)
+    assert any(d.name == "fast edges" and d.line.color == FAST for d in fig.data)
+    assert {d.name for d in fig.data if d.showlegend} >= {"fast stage", "slow stage (beam search)"}
+    assert "fails the threshold 0.7" in fig.layout.annotations[0].text
+
+
+def test_the_icicle_view_holds_every_node_under_its_parent():
+    from reasoning_viz.render.figures import icicle_figure
+
+    t = small_tree()
+    ice = icicle_figure(t).data[0]
+    assert list(ice.ids) == [str(n.id) for n in t.nodes()]
+    assert list(ice.parents) == ["" if n.parent is None else str(n.parent) for n in t.nodes()]

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from reasoning_viz.search import Budget, run_search
+from reasoning_viz.search import Budget
+from reasoning_viz.strategies import run_search
 from reasoning_viz.strategies import STRATEGIES
 from reasoning_viz.tree import SearchTree, replay
 

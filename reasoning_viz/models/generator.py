@@ -25,6 +25,7 @@ from .kv_cache import append_cache, cache_keyword
 from .shared_prefix import SharedPrefix, enable_shared_prefix
 
 STEP_DELIMITER = "\n\n"
+DEFAULT_TEMPERATURE = 0.8  # search-and-learn samples at 0.8; instruct models ship 0.6-1.0 (one source)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class StepSample:
 class SamplingParams:
     """How tokens are drawn. ``temperature == 0`` is greedy decoding."""
 
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
     max_step_tokens: int = 48
     stop_at_step: bool = True  # False: run to EOS (a whole solution in one call)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..search import Models
-from .generator import StepGenerator
+from .generator import DEFAULT_TEMPERATURE, StepGenerator
+from .pair import Models
 from . import prm_adapters as pa
 from .presets import (BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, Preset, check_fits,  # noqa: F401
                       estimate_memory_gb, trusts_remote_code)
@@ -121,7 +121,7 @@ MODELS = ModelCache()
 
 
 def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str | None = None,
-                temperature: float = 0.8, memory_gb: float | None = None, name: str | None = None) -> Models:
+                temperature: float = DEFAULT_TEMPERATURE, memory_gb: float | None = None, name: str | None = None) -> Models:
     """A policy + scorer pair, loaded once and shared by every caller (``MODELS``). Refuses, before
     loading, a pair whose weights (``memory_gb``, else estimated) do not fit this machine."""
     key = (policy, scorer, scorer_kind, system_prompt, temperature)

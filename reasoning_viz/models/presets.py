@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import get_safetensors_metadata
 
+from .generator import DEFAULT_TEMPERATURE
+
 ASSETS_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
 # The bundled trio, the real-world shape in miniature: a small student policy (the default), a larger
 # model of the same domain (to set "small model + search" against "big model, greedy"), and a PRM built
@@ -30,7 +32,7 @@ BUNDLED_MODELS = (BUNDLED_STUDENT, BUNDLED_LARGE, BUNDLED_PRM)
 SCORER_KINDS = ("math-shepherd", "self-confidence", "rlhflow", "qwen-prm", "skywork", "llm-judge", "calculator")
 # A natural sampling temperature (search-and-learn samples at 0.8): the student's errors come from what
 # it cannot compute, not from sampling noise. The model cards' tables are measured at it.
-BUNDLED_TEMPERATURE = 0.8
+BUNDLED_TEMPERATURE = DEFAULT_TEMPERATURE
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -45,7 +47,7 @@ class Preset:
     system_prompt: str | None
     memory_gb: float  # weights in bf16 on a GPU (twice that in float32 on a CPU)
     description: str
-    temperature: float = 0.8  # default sampling temperature (search-and-learn samples at 0.8)
+    temperature: float = DEFAULT_TEMPERATURE  # default sampling temperature of the policy
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (

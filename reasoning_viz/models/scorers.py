@@ -40,7 +40,7 @@ class StepScorer(Protocol):
 
     def for_run(self) -> "StepScorer":
         """A scorer for one search run: the same weights, but its own caches and token count, so
-        concurrent runs never change each other's scores or totals (``run_search`` takes one per run)."""
+        concurrent runs never change each other's scores or totals (``search.run_strategy`` takes one per run)."""
         ...
 
 

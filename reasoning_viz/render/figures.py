@@ -29,6 +29,7 @@ COLORSCALE = [[i / 6, c] for i, c in enumerate(["#0d0887", "#46039f", "#7201a8",
 UNSCORED = "#9aa0a6"
 SELECTED = "#1f4fd1"
 VOTED = "#7fa3f5"  # the paths that voted for the chosen answer
+FAST = "#009e73"  # fast/slow: the fast stage's path (Okabe-Ito bluish green)
 SYMBOLS = {"question": "square", "step": "circle", "answer": "diamond", "pruned": "x"}
 VOTE_RULES = ("majority", "weighted")
 
@@ -93,13 +94,27 @@ def _voters(tree: SearchTree) -> set[int]:
 
 
 def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560, highlight: int | None = None,
-                positions: dict[int, tuple[float, float]] | None = None) -> go.Figure:
+                positions: dict[int, tuple[float, float]] | None = None, fold_pruned: bool = False) -> go.Figure:
     """The whole tree, kept and pruned branches, with per-step scores; ``highlight`` rings a node.
 
     ``positions`` (from ``tidy_layout`` of the finished tree) keeps every node where it will end up, so
-    replay frames do not jump as the tree grows."""
-    pos = positions if positions is not None else tidy_layout(tree)
-    nodes = tree.nodes()
+    replay frames do not jump as the tree grows. ``fold_pruned`` draws each node's pruned children as one
+    "+12 pruned" stub (hover it for their reasons), so a wide search shows the branches it kept."""
+    stubs: dict[int, list] = {}
+    if fold_pruned:
+        hidden = {d for n in tree.nodes() if n.status == "pruned" for d in _subtree(tree, n.id)}
+        for n in tree.nodes():
+            if n.status == "pruned" and n.parent is not None and n.parent not in hidden:
+                stubs.setdefault(n.parent, []).append(n)
+
+        def kids(node_id):
+            return [c.id for c in tree.children(node_id) if c.id not in hidden] + (
+                [("pruned", node_id)] if node_id in stubs else [])
+        pos = tidy_layout(tree, kids)
+        nodes = [n for n in tree.nodes() if n.id not in hidden]
+    else:
+        pos = positions if positions is not None else tidy_layout(tree)
+        nodes = tree.nodes()
     big = len(nodes) > WEBGL_ABOVE
     Scatter = go.Scattergl if big else go.Scatter
     fig = go.Figure()
@@ -107,15 +122,21 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560, h
     voter_paths = {a.id for v in voters for a in tree.path(v)}
     edge_groups = {"kept": ([], [], dict(color="#b0b4ba", width=1.2)),
                    "pruned": ([], [], dict(color="#d9dce0", width=1, dash="dot")),
+                   "fast": ([], [], dict(color=FAST, width=2.5)),
                    "voted": ([], [], dict(color=VOTED, width=2.5)),
                    "selected": ([], [], dict(color=SELECTED, width=4))}
     for n in nodes:
         if n.parent is None:
             continue
-        group = ("selected" if n.selected else "voted" if n.id in voter_paths
+        group = ("selected" if n.selected else "voted" if n.id in voter_paths else "fast" if n.stage == "fast"
                  else "pruned" if n.status == "pruned" else "kept")
         xs, ys, _ = edge_groups[group]
         (x0, y0), (x1, y1) = pos[n.parent], pos[n.id]
+        xs += [x0, x1, None]
+        ys += [y0, y1, None]
+    for parent in stubs:
+        xs, ys, _ = edge_groups["pruned"]
+        (x0, y0), (x1, y1) = pos[parent], pos["pruned", parent]
         xs += [x0, x1, None]
         ys += [y0, y1, None]
     for name, (xs, ys, line) in edge_groups.items():
@@ -148,9 +169,20 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560, h
                                                           symbol=["square" if n.id == 0 else "circle" for n in unscored]),
                               customdata=[n.id for n in unscored], hovertext=[_hover(tree, n) for n in unscored],
                               hoverinfo="text", showlegend=False, name="unscored"))
+    if stubs:  # one marker per folded group of pruned children, labelled with its count
+        fig.add_trace(Scatter(
+            x=[pos["pruned", p][0] for p in stubs], y=[pos["pruned", p][1] for p in stubs], mode="markers+text",
+            text=[f"+{len(group)} pruned" for group in stubs.values()], textposition="bottom center",
+            textfont=dict(size=10, color="#6b7075"), customdata=[group[0].id for group in stubs.values()],
+            hovertext=[_stub_hover(group) for group in stubs.values()], hoverinfo="text",
+            marker=dict(symbol=SYMBOLS["pruned"], color=UNSCORED, size=12), showlegend=False, name="folded"))
     for name, (label, marker) in _legend(tree, bool(voters)).items():  # legend entries: shapes, not data
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines" if "line" in marker else "markers",
                                  name=label, hoverinfo="skip", showlegend=True, **marker))
+    verdict = next((e.message for e in tree.events if e.kind == "stage" and e.message.startswith("Verify:")), None)
+    if verdict:  # fast/slow: what the check of the fast answer decided
+        fig.add_annotation(text=html.escape(verdict), x=0, y=1, xref="paper", yref="paper", xanchor="left",
+                           yanchor="top", showarrow=False, font=dict(size=11, color=FAST), align="left")
     fig.update_layout(
         title=dict(text=html.escape(title if title is not None else tree_title(tree)), x=0.01),
         height=height, margin=dict(l=10, r=10, t=60, b=40), plot_bgcolor="white",
@@ -160,6 +192,41 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560, h
         hoverlabel=dict(align="left"), dragmode="pan", uirevision=tree.run.get("question", "tree"),
     )
     return fig
+
+
+def icicle_figure(tree: SearchTree, height: int = 480) -> go.Figure:
+    """The tree as an icicle: each step a block under its parent, as wide as its subtree, coloured by its
+    score. It stays readable at hundreds of nodes, and clicking a block zooms into its subtree."""
+    nodes = tree.nodes()
+    labels = [("question" if n.id == 0 else f"{n.id}" + (f" → {n.answer}" if n.answer is not None else ""))
+              for n in nodes]
+    fig = go.Figure(go.Icicle(
+        ids=[str(n.id) for n in nodes], parents=["" if n.parent is None else str(n.parent) for n in nodes],
+        labels=[html.escape(x) for x in labels], hovertext=[_hover(tree, n) for n in nodes], hoverinfo="text",
+        marker=dict(colors=[n.step_score if n.step_score is not None else 0.5 for n in nodes], cmin=0, cmax=1,
+                    colorscale=COLORSCALE, line=dict(color=[SELECTED if n.selected else "#ffffff" for n in nodes],
+                                                     width=[3 if n.selected else 1 for n in nodes])),
+        customdata=[n.id for n in nodes], tiling=dict(orientation="v"), maxdepth=8, branchvalues="remainder",
+        textfont=dict(size=11), opacity=1.0))
+    fig.update_layout(height=height, margin=dict(l=4, r=4, t=30, b=4),
+                      title=dict(text=html.escape(tree_title(tree)) + " · click a block to zoom in", x=0.01,
+                                 font=dict(size=13)))
+    return fig
+
+
+def _subtree(tree: SearchTree, node_id: int) -> list[int]:
+    out, stack = [], [node_id]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(c.id for c in tree.children(n))
+    return out
+
+
+def _stub_hover(group: list) -> str:
+    reasons = [html.escape(n.reason) for n in group[:4] if n.reason]
+    more = f"<br>… and {len(group) - 4} more" if len(group) > 4 else ""
+    return f"<b>{len(group)} pruned step(s)</b><br>" + "<br>".join(reasons) + more
 
 
 def waiting_figure(title: str, height: int = 420) -> go.Figure:
@@ -189,6 +256,10 @@ def _legend(tree: SearchTree, votes: bool) -> dict[str, tuple[str, dict]]:
         items["chosen"] = ("chosen path", dict(line=dict(color=SELECTED, width=4)))
     if votes:
         items["voted"] = ("voted for the answer", dict(line=dict(color=VOTED, width=2.5)))
+    if any(n.stage == "fast" for n in tree.nodes()):
+        items["fast"] = ("fast stage", dict(line=dict(color=FAST, width=2.5)))
+        if any(n.stage == "slow" for n in tree.nodes()):
+            items["slow"] = ("slow stage (beam search)", dict(line=dict(color="#b0b4ba", width=1.2)))
     return items
 
 

@@ -6,10 +6,13 @@ Each strategy is ``run(ctx, params)`` (grow the tree through ``SearchContext``) 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..search import Budget, Models, SearchContext, run_strategy
+from ..tree import SearchTree
 from . import beam_search, best_of_n, chain_of_thought, cot_decoding, dvts, fast_slow, mcts, self_consistency
 
 
@@ -70,3 +73,15 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              "When problems mix easy and hard: an easy one costs one fast answer that passes the check, a hard "
              "one gets the slow search."),
 )}
+
+
+
+def run_search(question: str, strategy: str, models: Models, params: Any = None, *, seed: int = 0,
+               budget: Budget | None = None, gold: str | int | None = None,
+               on_update: Callable[[SearchContext], None] | None = None,
+               cancel: threading.Event | None = None) -> SearchTree:
+    """Run the strategy named ``strategy`` on one question (``search.run_strategy`` does the work)."""
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    return run_strategy(question, STRATEGIES[strategy], models, params, seed=seed, budget=budget, gold=gold,
+                        on_update=on_update, cancel=cancel)

@@ -1,0 +1,25 @@
+"""What a search runs with: a policy's step generator and a step scorer, with their ids and defaults.
+
+Here rather than in ``search.py`` so that ``models/loading.py`` can build one without importing the
+search that uses it (imports go one way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .generator import DEFAULT_TEMPERATURE, StepGenerator
+from .scorers import StepScorer
+
+
+@dataclass
+class Models:
+    """A step generator (the policy) and a step scorer (PRM or other)."""
+
+    generator: StepGenerator
+    scorer: StepScorer
+    policy_id: str
+    scorer_id: str
+    system_prompt: str | None = None
+    temperature: float = DEFAULT_TEMPERATURE  # this policy's sampling temperature (a strategy may override)
+    domain: str | None = None  # "tinygsm" for the bundled models: questions outside it get a warning

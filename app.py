@@ -172,7 +172,8 @@ def _tree_outputs(tree: SearchTree, done: bool):
             vote_figure(sel), gr.Dataframe(value=node_rows(tree), headers=NODE_COLUMNS),
             gr.Slider(minimum=0, maximum=max(1, last), value=last, step=1, interactive=done),
             event_markdown(tree, last), file, tree.to_json(),  # nodes can be inspected mid-search too
-            caption, gr.Dataframe(value=rows, headers=CANDIDATE_COLUMNS), explain_markdown(tree), icicle_figure(tree))
+            caption, gr.Dataframe(value=rows, headers=CANDIDATE_COLUMNS), explain_markdown(tree),
+            icicle_figure(tree) if done else gr.skip())  # the icicle once, not at every live snapshot
 
 
 def _filled_inputs(tree: SearchTree):

@@ -157,8 +157,7 @@ def rank_candidates(tree: SearchTree, selection: Selection | dict | None, aggreg
                "most-visited": float(n.visits or 0)}.get(sel.rule, score)
         out.append(Candidate(n.id, n.answer, n.correct, score, min(steps) if steps else None,
                              steps[-1] if steps else None, key, chosen=n.id == sel.node_id))
-    out.sort(key=lambda c: (not c.chosen, -c.key, -c.score, c.node_id))
-    out.sort(key=lambda c: -c.key)  # stable: the chosen path leads its own rank
+    out.sort(key=lambda c: (-c.key, not c.chosen, -c.score, c.node_id))  # the chosen path leads its rank
     tops: dict[float, set[str]] = defaultdict(set)
     for c in out:
         tops[c.key].add(c.answer)

@@ -19,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from reasoning_viz import service  # noqa: E402
+from reasoning_viz.models.engine import EngineError  # noqa: E402
 from reasoning_viz.models.generator import OutOfMemory  # noqa: E402
 from reasoning_viz.models.loading import DEFAULT_PRESET, PRESETS  # noqa: E402
 from reasoning_viz.models.presets import SCORER_KINDS  # noqa: E402
@@ -114,7 +115,7 @@ def _error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), print_exception=False)
 
 
-USER_ERRORS = (ValueError, OutOfMemory)  # their message is a sentence for the user
+USER_ERRORS = (ValueError, OutOfMemory, EngineError)  # their message is a sentence for the user
 
 
 def _failure(exc: Exception, what: str) -> gr.Error:
@@ -546,7 +547,7 @@ def build_app() -> gr.Blocks:
         example.input(load_example, example, [question, gold], api_visibility="private", queue=False, **raw)
         run_event = run_btn.click(collect_params, [strategy, *widgets], params_json, api_visibility="private",
                                   queue=False, **raw).then(run, run_inputs, tree_outputs, api_name="run", **raw,
-                                                    concurrency_id="model", concurrency_limit=service.LIMITS.concurrency)
+                                                    concurrency_id="model", concurrency_limit=service.queue_concurrency())
         question.submit(collect_params, [strategy, *widgets], params_json, api_visibility="private", queue=False,
                         **raw).then(run, run_inputs, tree_outputs, api_visibility="private", concurrency_id="model", **raw)
         stop_btn.click(stop, run_name, stop_note, api_name="stop", queue=False, **raw)
@@ -590,7 +591,7 @@ def launch(**kwargs):
                    state_session_capacity=limits.sessions, show_error=True)
     options.update(kwargs)
     # api_open=False: direct calls to the routes go through the queue too, so its limits always hold
-    return demo.queue(default_concurrency_limit=limits.concurrency, api_open=False).launch(**options)
+    return demo.queue(default_concurrency_limit=service.queue_concurrency(), api_open=False).launch(**options)
 
 
 if __name__ == "__main__":

@@ -5,19 +5,24 @@
    ``num_return_sequences=K``, (c) the batched shared-prefix ``StepGenerator``.
 2. The PRM's cost per newly scored step at depth 2 and depth 10, with and without reuse of the
    scored prefix's KV cache.
+3. With ``--engine-url``: many users at once, in-process against an inference engine (``bench_users``).
 """
 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from .models.generator import SamplingParams, StepGenerator
+from .models.loading import DEFAULT_PRESET, load_preset
 from .models.presets import BUNDLED_STUDENT
 from .models.scorers import MathShepherdPRM
+from .problems.tinygsm import load_test_set
+from .strategies import run_search
 
 
 def random_llama(vocab: int, hidden: int, layers: int, inter: int, heads: int, seed: int = 0) -> LlamaForCausalLM:
@@ -165,3 +170,50 @@ def run_benchmarks(quick: bool = False) -> None:
     else:
         bench_generator(b=4, k=4, prompt_len=240, step_tokens=32, repeats=5)
         bench_prm(depths=(2, 10), k=4, repeats=5)
+
+
+def _users(models, slots: int, users: int, searches: int, problems) -> tuple[float, float]:
+    """``users`` threads, each running ``searches`` beam searches one after another, at most ``slots`` at
+    once (as the app's queue admits them); (searches per minute, p95 latency in s, waiting included)."""
+    gate = threading.BoundedSemaphore(slots)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def user(u: int) -> None:
+        for j in range(searches):
+            problem = problems[(u * searches + j) % len(problems)]
+            t0 = time.perf_counter()
+            with gate:
+                run_search(problem.question, "beam_search", models, seed=u * searches + j)
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=user, args=(u,)) for u in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return users * searches / wall * 60, statistics.quantiles(latencies, n=20)[-1]
+
+
+def bench_users(engine_url: str, users: int = 8, searches: int = 5, preset: str = DEFAULT_PRESET) -> None:
+    """Users x beam searches (default settings) on held-out level-3 and -4 problems: in-process with the
+    app's default one slot, in-process with every user at once, and through the engine with every user
+    at once (its generation batched across searches; the preset's scorer still runs here)."""
+    problems = [p for p in load_test_set() if p.level in (3, 4)]
+    here, there = load_preset(preset), load_preset(preset, engine_url)
+    run_search(problems[0].question, "beam_search", there)  # warm both up: first calls compile and cache
+    run_search(problems[0].question, "beam_search", here)
+    rows = [("in-process, one search at a time (RV_CONCURRENCY=1, the default)", here, 1),
+            (f"in-process, {users} at once", here, users),
+            (f"vLLM engine at {engine_url}, {users} at once", there, users)]
+    print(f"\n{users} users x {searches} beam searches each (n=16, beam width 4), preset {preset!r}")
+    print("| backend | searches / minute | p95 latency (s) |\n|---|---|---|")
+    results = []
+    for title, models, slots in rows:
+        per_minute, p95 = _users(models, slots, users, searches, problems)
+        results.append(per_minute)
+        print(f"| {title} | {per_minute:.1f} | {p95:.1f} |", flush=True)
+    print(f"| ratio engine / in-process one at a time | {results[2] / results[0]:.2f}x | |")

@@ -72,7 +72,7 @@ def cmd_solve(args) -> int:
     from .strategies import run_search
 
     params = parse_params(args.strategy, args.set or [])
-    models = load_preset(args.preset)
+    models = load_preset(args.preset, args.engine_url)
     tree = run_search(args.question, args.strategy, models, params, seed=args.seed, budget=_budget(args),
                       gold=args.gold)
     sel, totals = tree.run["selection"], tree.run["totals"]
@@ -96,6 +96,8 @@ def cmd_solve(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     from .models.loading import load_preset
@@ -115,9 +117,11 @@ def cmd_eval(args) -> int:
     problems = [p for p in load_test_set() if p.level in levels]
     if args.limit:
         problems = [p for lv in levels for p in [q for q in problems if q.level == lv][: args.limit]]
-    models = load_preset(args.preset)
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    models = load_preset(args.preset, args.engine_url)
     print(f"{len(problems)} held-out problems (levels {args.levels}), N={args.n}, seed {args.seed}, "
-          f"preset {args.preset!r}\n")
+          f"preset {args.preset!r}" + (f", engine {args.engine_url}" if args.engine_url else "") + "\n")
     per_level = len(levels) > 1  # accuracy by difficulty too: where search helps, and where it cannot
     level_cells = "".join(f" level {lv} |" for lv in levels) if per_level else ""
     print(f"| strategy | accuracy % |{level_cells} policy tokens / problem | PRM tokens / problem | seconds / problem |")
@@ -127,9 +131,17 @@ def cmd_eval(args) -> int:
         correct = {lv: [] for lv in levels}
         tokens = scored = 0
         seconds = 0.0
-        for i, prob in enumerate(tqdm(problems, desc=title, dynamic_ncols=True, file=sys.stderr)):
-            tree = run_search(prob.question, name, models, params, seed=args.seed + i, budget=_budget(args),
-                              gold=str(prob.answer))
+
+        def solve(i: int):  # each problem's seed is fixed by its place, so --workers never changes a result
+            prob = problems[i]
+            return prob, run_search(prob.question, name, models, params, seed=args.seed + i, budget=_budget(args),
+                                    gold=str(prob.answer))
+
+        with ThreadPoolExecutor(args.workers) as pool:
+            done = tqdm(pool.map(solve, range(len(problems))), total=len(problems), desc=title, dynamic_ncols=True,
+                        file=sys.stderr)
+            results = list(done)
+        for prob, tree in results:
             sel = tree.run["selection"]
             correct[prob.level].append(bool(sel["node_id"] is not None and tree.node(sel["node_id"]).correct))
             totals = tree.run["totals"]
@@ -145,9 +157,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_benchmarks
+    from .bench import bench_users, run_benchmarks
 
-    run_benchmarks(quick=args.quick)
+    if args.engine_url:
+        bench_users(args.engine_url, args.users, args.searches)
+    else:
+        run_benchmarks(quick=args.quick)
     return 0
 
 
@@ -167,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-nodes", type=int, default=Budget.max_nodes)
         p.add_argument("--max-tokens", type=int, default=Budget.max_tokens)
         p.add_argument("--max-seconds", type=float, default=Budget.max_seconds)
+        p.add_argument("--engine-url", metavar="URL",
+                       help="generate the policy's steps through this vLLM server (it must serve the preset's "
+                            "policy); the preset's scorer still runs here")
 
     solve = sub.add_parser("solve", help="answer one question and record the search")
     solve.add_argument("question")
@@ -181,19 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=16, help="samples / beams per problem (N)")
     ev.add_argument("--levels", default="1,2,3,4,5,6")
     ev.add_argument("--limit", type=int, help="problems per level (default: all 100)")
+    ev.add_argument("--workers", type=int, default=1,
+                    help="problems searched at once (for an engine, which batches them; default 1)")
     common(ev)
     bench = sub.add_parser("bench", help="generator and PRM speed figures")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
+    bench.add_argument("--engine-url", metavar="URL",
+                       help="instead: many users at once, in-process against this vLLM server (serving the student)")
+    bench.add_argument("--users", type=int, default=8)
+    bench.add_argument("--searches", type=int, default=5, help="beam searches per user")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .models.engine import EngineError
     from .strategies import STRATEGIES
 
     if getattr(args, "strategy", None) and args.command == "solve" and args.strategy not in STRATEGIES:
         raise SystemExit(f"unknown strategy {args.strategy!r}; choose from {', '.join(STRATEGIES)}")
     try:
         return {"solve": cmd_solve, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
-    except ValueError as exc:  # bad input: one clear line, not a trace
+    except (ValueError, EngineError) as exc:  # bad input, an engine that is down: one clear line, not a trace
         raise SystemExit(f"error: {exc}") from None

@@ -20,7 +20,7 @@ import torch
 
 from .models.generator import SamplingParams, StepSample
 from .models.pair import Models  # noqa: F401 (what a search runs with; imported from here by callers too)
-from .problems.grading import answers_match, extract_boxed, normalize_answer
+from .problems.grading import answers_match, extract_boxed, normalize_answer, stated_answer
 from .problems.tinygsm import domain_warning
 from .tree import SearchTree
 
@@ -72,7 +72,7 @@ class SearchContext:
         self.samples: dict[int, StepSample] = {}  # runtime only: the raw sample behind each node
         prompt = models.generator.prompt_ids(tree.question, models.system_prompt)
         tree.token_ids[0] = prompt
-        context = getattr(models.generator.model.config, "max_position_embeddings", None)
+        context = models.generator.context_length
         if context and len(prompt) >= context:
             raise ValueError(f"the question is {len(prompt)} tokens, over the model's context of {context}")
 
@@ -165,10 +165,7 @@ class SearchContext:
 
     def top_first_tokens(self, node_id: int, k: int) -> list[int]:
         """The ``k`` most likely next tokens after a node (for CoT-decoding's branching)."""
-        ids = torch.tensor([self.tree.path_token_ids(node_id)], device=self.models.generator.device)
-        with torch.inference_mode():
-            logits = self.models.generator.model(input_ids=ids).logits[0, -1]
-        return logits.topk(k).indices.tolist()
+        return self.models.generator.top_tokens(self.tree.path_token_ids(node_id), k)
 
     def notify(self) -> None:
         if self.on_update is not None:
@@ -178,6 +175,8 @@ class SearchContext:
     def _node_fields(self, sample: StepSample, parent: int) -> dict[str, Any]:
         text = sample.text.strip()
         answer = extract_boxed(text)
+        if answer is None and sample.finish == "eos":  # the path ended: an answer stated in words counts
+            answer = stated_answer(text)
         terminal = sample.finish == "eos" or answer is not None
         fields: dict[str, Any] = {
             "text": text, "num_tokens": len(sample.token_ids), "mean_logprob": sample.mean_logprob,
@@ -284,6 +283,7 @@ def run_strategy(question: str, spec: StrategySpec, models: Models, params: Any 
         "question": question, "gold": gold_text, "strategy": strategy, "params": asdict(params),
         "seed": seed, "budget": asdict(budget), "models": {"policy": models.policy_id, "scorer": models.scorer_id},
         "system_prompt": models.system_prompt, "versions": library_versions(),
+        "engine": models.generator.describe(),
         "warnings": [off_domain] if off_domain else [],
     })
     # the run's own scorer state (caches, token count): the same seed gives the same tree however

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .models.engine import EngineError
 from .models.loading import PRESETS, load_models, load_preset
-from .models.presets import BUNDLED_MODELS, MATH_SYSTEM_PROMPT, SCORER_KINDS, check_model_ref
+from .models.presets import MATH_SYSTEM_PROMPT, MODEL_CARDS, SCORER_KINDS, check_model_ref
 from .problems.tinygsm import LEVELS, load_test_set
 from .search import Budget, Models, SearchContext
 from .strategies import STRATEGIES, run_search
@@ -50,7 +51,8 @@ class HostLimits:
     max_nodes: int = Budget.max_nodes  # RV_MAX_NODES: caps on every search (defaults: one run's Budget)
     max_tokens: int = Budget.max_tokens  # RV_MAX_TOKENS
     max_seconds: float = Budget.max_seconds  # RV_MAX_SECONDS
-    concurrency: int = 1  # RV_CONCURRENCY: searches that run at once, however they are called
+    concurrency: int = 1  # RV_CONCURRENCY: in-process searches that run at once, however they are called
+    engine_concurrency: int = 8  # RV_ENGINE_CONCURRENCY: searches through an inference engine at once (it batches them)
     max_upload_mb: float = 20.0  # RV_MAX_UPLOAD_MB: Gradio refuses bigger uploads before writing them
     export_files: int = 200  # RV_EXPORT_FILES: downloads kept on disk (the oldest go first)
     file_ttl_seconds: float = 3600.0  # RV_FILE_TTL_SECONDS: Gradio's copies of files are deleted after this
@@ -215,6 +217,8 @@ def _load(load, what: str, refs: list[str]) -> Models:
         return load()
     except ValueError:  # already a sentence for the user (unknown preset, does not fit in memory)
         raise
+    except EngineError as exc:  # the engine is down or serves another model: its own sentence
+        raise ValueError(str(exc)) from None
     except Exception as exc:
         log.warning("loading %s failed", what, exc_info=True)
         hub = [r for r in refs if r != "calculator" and not Path(r).is_absolute()]
@@ -235,7 +239,16 @@ def public_reason(exc: BaseException) -> str:
 # ---- running ----------------------------------------------------------------------------------
 # Model work of every caller goes through these slots: the Gradio queue is one way in, direct calls to
 # the server's routes are another, and neither may run more searches at once than the host allows.
+# A search through an inference engine only sends requests (the engine batches them across searches),
+# so those take slots of their own, more of them.
 _model_slots = threading.BoundedSemaphore(LIMITS.concurrency)
+_engine_slots = threading.BoundedSemaphore(LIMITS.engine_concurrency)
+
+
+def queue_concurrency() -> int:
+    """Requests the app's queue runs at once: the in-process slots, plus the engine's if a preset uses one."""
+    engine = any(p.engine_url for p in PRESETS.values())
+    return LIMITS.concurrency + (LIMITS.engine_concurrency if engine else 0)
 _runs_lock = threading.Lock()
 _runs: dict[str, dict[str, threading.Event]] = {}  # session -> run id -> its stop flag
 
@@ -282,7 +295,7 @@ def running_count() -> int:
 
 
 def _search(question, strategy, models, params, seed, budget, gold, **kw) -> SearchTree:
-    with _model_slots:
+    with _engine_slots if models.generator.describe() is not None else _model_slots:
         return gpu_task(run_search)(question, strategy, models, params, seed=int(seed), budget=budget, gold=gold, **kw)
 
 
@@ -430,7 +443,7 @@ def model_cards() -> list[tuple[str, str]]:
     """(folder name, card text) of each bundled model, for reading inside the app: what it was trained
     on, what it cannot do, its evaluation table. The YAML front matter (hub metadata) is left out."""
     cards = []
-    for folder in BUNDLED_MODELS:
+    for folder in MODEL_CARDS:
         try:
             text = (folder / "README.md").read_text(encoding="utf-8")
         except OSError:

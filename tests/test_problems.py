@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from reasoning_viz.problems.grading import answers_match, extract_boxed, normalize_answer
+from reasoning_viz.problems.grading import answers_match, extract_boxed, normalize_answer, stated_answer
 from reasoning_viz.problems.tinygsm import (LEVELS, TEST_PER_LEVEL, Problem, apply_op, generate_problem,
                                             load_test_set, reference_step_labels, sample_problems,
                                             training_problems)
@@ -70,6 +70,32 @@ def test_extract_boxed(text, expected):
 ])
 def test_answers_match(pred, gold, ok):
     assert answers_match(pred, gold) is ok
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("So, Mia has 12 + 16 = 28 apples.\n\nThe answer is 28.", "28"),
+    ("The answer is 5, not 6. No: the final answer is 7.", "7"),
+    ("Answer: 1,200", "1,200"),
+    ("The answer is $-3.5$.", "-3.5"),
+    ("She has 28 apples.", None),
+    ("The answer is unclear.", None),
+])
+def test_stated_answer(text, expected):
+    assert stated_answer(text) == expected
+
+
+def test_a_path_that_ends_stating_its_answer_in_words_has_that_answer(tiny_models):
+    """SmolLM2 ends "The answer is 28." without \\boxed{}: the node's answer is 28, and only when the path
+    ends there (a working step that mentions "the answer is" mid-way does not end the path)."""
+    from reasoning_viz.models.generator import StepSample
+    from reasoning_viz.search import Budget, SearchContext
+    from reasoning_viz.tree import SearchTree
+
+    ctx = SearchContext(SearchTree("Mia has 3 apples. She buys 4 more. How many now?"), tiny_models, Budget(), 0, "7")
+    ended = ctx._node_fields(StepSample([5], "The answer is 7.", [0.0], [1.0], "eos"), 0)
+    assert ended["answer"] == "7" and ended["status"] == "terminal" and ended["correct"] is True
+    going_on = ctx._node_fields(StepSample([5], "The answer is 7 if she buys 4.", [0.0], [1.0], "step"), 0)
+    assert going_on["answer"] is None and going_on["status"] == "open"
 
 
 def test_normalize_answer():

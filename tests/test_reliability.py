@@ -9,6 +9,7 @@ import math
 import re
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import httpx
@@ -259,10 +260,13 @@ def test_each_run_of_a_session_can_be_stopped_alone(tiny_models, monkeypatch):
     assert all(out[r].run["stopped"] == "cancelled by the user" for r in runs) and service.running_count() == 0
 
 
-def test_the_model_slots_hold_for_every_caller(monkeypatch):
+@pytest.mark.parametrize("engine", [False, True])
+def test_the_model_slots_hold_for_every_caller(monkeypatch, engine):
     """Item 3: direct calls bypassed the queue's limit (6 searches at once with RV_CONCURRENCY=1); the
-    service itself now allows only the host's number of searches at once, however it is called."""
+    service itself now allows only the host's number of searches at once, however it is called. Searches
+    through an inference engine take slots of their own (RV_ENGINE_CONCURRENCY): the engine batches them."""
     monkeypatch.setattr(service, "_model_slots", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(service, "_engine_slots", threading.BoundedSemaphore(3))
     running, most = [0], [0]
     lock = threading.Lock()
 
@@ -276,13 +280,15 @@ def test_the_model_slots_hold_for_every_caller(monkeypatch):
         return small_tree()
 
     monkeypatch.setattr(service, "run_search", fake_search)
-    threads = [threading.Thread(target=service.run_once, args=("q", "cot", None, None, 0, Budget(), None))
-               for _ in range(4)]
+    backend = {"engine": "vllm", "url": "http://127.0.0.1:1"} if engine else None
+    models = SimpleNamespace(generator=SimpleNamespace(describe=lambda: backend))
+    threads = [threading.Thread(target=service.run_once, args=("q", "cot", models, None, 0, Budget(), None))
+               for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert most[0] == 1
+    assert most[0] == (3 if engine else 1)
 
 
 # ---- 3, 7, 12, 13, 14 through the running server ----------------------------------------------------

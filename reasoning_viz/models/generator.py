@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -81,6 +82,50 @@ def _no_check() -> None:
     pass
 
 
+def eos_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config=None) -> list[int]:
+    """The ids that end an answer: the generation config's and the tokenizer's."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None)
+
+
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str, system_prompt: str | None = None) -> list[int]:
+    """Token ids of the chat prompt for ``question`` (the tokenizer's chat template, else plain text)."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": question})
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = (system_prompt + "\n\n" if system_prompt else "") + question + "\n\n"
+    return tokenizer(text)["input_ids"]
+
+
+class PolicyBackend(Protocol):
+    """What a search needs of a policy: ``StepGenerator`` in-process, ``engine.EngineGenerator`` through
+    an inference engine. Only token ids go in and out."""
+
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device  # where the run's random generator lives
+
+    @property
+    def context_length(self) -> int | None: ...
+
+    def prompt_ids(self, question: str, system_prompt: str | None = None) -> list[int]: ...
+
+    def expand(self, prefixes: list[list[int]], k: int, params: SamplingParams,
+               generator: torch.Generator | None = None, first_tokens: list[list[int]] | None = None,
+               check: Callable[[], None] | None = None) -> list[list[StepSample]]: ...
+
+    def top_tokens(self, prefix: list[int], k: int) -> list[int]: ...
+
+    def token_logprobs(self, sequences: list[list[int]], check: Callable[[], None] | None = None
+                       ) -> list[list[float]]: ...
+
+    def describe(self) -> dict | None: ...
+
+
 def _common_prefix_length(seqs: list[list[int]]) -> int:
     first, n = seqs[0], min(len(s) for s in seqs)
     for i in range(n):
@@ -100,11 +145,7 @@ class StepGenerator:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.memory_budget_bytes = memory_budget_mb * 2**20
-        eos = model.generation_config.eos_token_id if model.generation_config else None
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos_ids.add(tokenizer.eos_token_id)
-        self.eos_ids = sorted(i for i in eos_ids if i is not None)
+        self.eos_ids = eos_token_ids(tokenizer, model.generation_config)
         # Per-vocabulary flags, so stop checks are tensor lookups rather than string work per token.
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         vocab = max(len(tokenizer), model.get_output_embeddings().weight.shape[0])
@@ -182,13 +223,42 @@ class StepGenerator:
 
     def prompt_ids(self, question: str, system_prompt: str | None = None) -> list[int]:
         """Token ids of the chat prompt for ``question``, ready for the first expansion."""
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-        messages.append({"role": "user", "content": question})
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        text = (system_prompt + "\n\n" if system_prompt else "") + question + "\n\n"
-        return self.tokenizer(text)["input_ids"]
+        return chat_prompt_ids(self.tokenizer, question, system_prompt)
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def describe(self) -> dict | None:
+        """What the tree records of the backend: nothing beyond the library versions, in-process."""
+        return None
+
+    @torch.inference_mode()
+    def top_tokens(self, prefix: list[int], k: int) -> list[int]:
+        """The ``k`` most likely next tokens after ``prefix`` (CoT-decoding's branches)."""
+        logits = self.model(input_ids=torch.tensor([prefix], device=self.device), **self._last_logits).logits[0, -1]
+        return logits.topk(k).indices.tolist()
+
+    @torch.inference_mode()
+    def token_logprobs(self, sequences: list[list[int]], check: Callable[[], None] | None = None,
+                       batch_size: int = 16) -> list[list[float]]:
+        """log p(token t | tokens before it), untempered, for t >= 1 of each sequence."""
+        pad = self.tokenizer.pad_token_id or 0
+        out: list[list[float]] = []
+        for lo in range(0, len(sequences), batch_size):
+            (check or _no_check)()
+            batch = sequences[lo:lo + batch_size]
+            width = max(len(seq) for seq in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, seq in enumerate(batch):
+                ids[row, :len(seq)] = torch.tensor(seq)
+                mask[row, :len(seq)] = 1
+            logp = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                              ).logits.float().log_softmax(-1).cpu()
+            chosen = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # the token at t is predicted at t - 1
+            out += [chosen[row, :len(seq) - 1].tolist() for row, seq in enumerate(batch)]
+        return out
 
     # ---- internals --------------------------------------------------------------------------
     def _chunks(self, prefixes: list[list[int]], k: int, max_new: int):

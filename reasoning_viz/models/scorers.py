@@ -9,6 +9,7 @@ estimate that Math-Shepherd trains on.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import threading
 from collections import Counter, OrderedDict
@@ -19,7 +20,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..problems.grading import answers_match, extract_boxed, normalize_answer
-from .generator import OutOfMemory, SamplingParams, StepGenerator, encode_steps
+from .generator import OutOfMemory, PolicyBackend, SamplingParams, encode_steps
 from .kv_cache import append_cache, cache_keyword
 from .shared_prefix import SharedPrefix, enable_shared_prefix
 
@@ -259,8 +260,8 @@ class SelfConfidence:
 
     name = "self-confidence"
 
-    def __init__(self, generator: StepGenerator, system_prompt: str | None = None, batch_size: int = 16):
-        self.generator, self.system_prompt, self.batch_size = generator, system_prompt, batch_size
+    def __init__(self, generator: PolicyBackend, system_prompt: str | None = None):
+        self.generator, self.system_prompt = generator, system_prompt
         self._lock = threading.Lock()
         self._tokens = 0
 
@@ -282,29 +283,15 @@ class SelfConfidence:
         starts = [len(prompt), *ends[:-1]]
         return prompt + encode_steps(tok, steps), [(a, max(a + 1, b)) for a, b in zip(starts, ends)]
 
-    @torch.inference_mode()
     def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        model = self.generator.model
-        pad = self.generator.tokenizer.pad_token_id or 0
-        out: list[list[float]] = []
+        encoded = [self.spans(question, steps) for steps in paths]
         with self._lock:
-            for lo in range(0, len(paths), self.batch_size):
-                encoded = [self.spans(question, steps) for steps in paths[lo:lo + self.batch_size]]
-                width = max(len(ids) for ids, _ in encoded)
-                ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for row, (seq, _) in enumerate(encoded):
-                    ids[row, :len(seq)] = torch.tensor(seq)
-                    mask[row, :len(seq)] = 1
-                logp = model(input_ids=ids.to(self.generator.device), attention_mask=mask.to(self.generator.device)
-                             ).logits.float().log_softmax(-1).cpu()
-                self._tokens += int(mask.sum())
-                for row, (seq, spans) in enumerate(encoded):
-                    # the token at position t is predicted at t - 1
-                    token_logp = logp[row, :-1].gather(-1, ids[row, 1:, None])[:, 0]
-                    last = len(seq) - 1
-                    out.append([float(token_logp[min(a, last) - 1:min(b, len(seq)) - 1].min().exp())
-                                for a, b in spans])
+            token_logp = self.generator.token_logprobs([ids for ids, _ in encoded])
+            self._tokens += sum(len(ids) for ids, _ in encoded)
+        out: list[list[float]] = []
+        for (seq, spans), logp in zip(encoded, token_logp):
+            last = len(seq) - 1  # logp[t - 1] is the log-probability of the token at position t
+            out.append([math.exp(min(logp[min(a, last) - 1:min(b, len(seq)) - 1])) for a, b in spans])
         return out
 
 

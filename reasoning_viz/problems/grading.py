@@ -29,6 +29,16 @@ def extract_boxed(text: str) -> str | None:
     return None  # unbalanced: the output was cut off mid-answer
 
 
+_STATED = re.compile(r"answer\s*(?:is|:|=)\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+
+
+def stated_answer(text: str) -> str | None:
+    """The number after the last "the answer is" (or "answer:") in ``text``, or None. For a path that ends
+    without ``\\boxed{}``: real small instruct models (SmolLM2) often state the answer in words."""
+    found = _STATED.findall(text)
+    return found[-1].rstrip(".,") if found else None
+
+
 def normalize_answer(answer: str | int | None) -> str | None:
     """A canonical string for vote counting: integers lose separators, signs and leading zeros."""
     if answer is None:

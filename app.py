@@ -28,6 +28,7 @@ from reasoning_viz.render.figures import (DECLUTTER_JS, icicle_figure, standalon
 from reasoning_viz.render.layout import tidy_layout  # noqa: E402
 from reasoning_viz.render.text import (CANDIDATE_COLUMNS, NODE_COLUMNS, answer_markdown, candidate_table,  # noqa: E402
                                        event_markdown, explain_markdown, node_rows, path_markdown, progress_line)
+from reasoning_viz.select import RULE_TITLES  # noqa: E402
 from reasoning_viz.strategies import STRATEGIES  # noqa: E402
 from reasoning_viz.tree import AGGREGATIONS, SearchTree, replay  # noqa: E402
 
@@ -323,6 +324,17 @@ def load_example(label):
     return examples[label]
 
 
+@user_errors("re-judging the tree")
+def rejudge(rule, aggregation, tree_json):
+    """What if another rule chose the answer? The same tree, its answer chosen again (no model call)."""
+    return _tree_outputs(service.rejudge_tree(_tree_json(tree_json), rule, aggregation), True)
+
+
+@user_errors("making the training data")
+def make_training(tree_json):
+    return [str(p) for p in service.export_training(_tree_json(tree_json))]
+
+
 @user_errors("making the HTML page")
 def make_html(tree_json):
     tree = _tree_json(tree_json)
@@ -461,6 +473,13 @@ def build_app() -> gr.Blocks:
                         candidates_caption = gr.Markdown(elem_id="candidates-caption")
                         candidates = gr.Dataframe(headers=CANDIDATE_COLUMNS, interactive=False, wrap=True,
                                                   elem_id="candidates", max_height=320)
+                        with gr.Row(equal_height=True, elem_id="rejudge-row"):
+                            judge_rule = gr.Dropdown([(title, key) for key, title in RULE_TITLES.items()],
+                                                     value="majority", label="What if another rule chose?",
+                                                     elem_id="judge-rule", min_width=160)
+                            judge_aggregation = gr.Dropdown(list(AGGREGATIONS), value="last", min_width=120,
+                                                            label="Path score (for scores)", elem_id="judge-aggregation")
+                            judge_btn = gr.Button("Re-judge (no model call)", elem_id="rejudge", min_width=120)
                 with gr.Column(scale=2):
                     votes = gr.Plot(label="Votes (or confidence) per answer", elem_id="votes")
             with gr.Accordion("Icicle view, for big trees: each step a block under its parent; click one to zoom into "
@@ -484,6 +503,10 @@ def build_app() -> gr.Blocks:
                 tree_file = gr.File(label="Tree JSON (download)", interactive=False)
                 html_btn = gr.Button("Make standalone HTML")
                 html_file = gr.File(label="Standalone HTML (opens offline)", interactive=False)
+            with gr.Row():
+                training_btn = gr.Button("Make training data: SFT paths + Stream-of-Search trace", elem_id="training")
+                training_files = gr.File(label="SFT JSONL, trace text, trace JSONL", file_count="multiple",
+                                         interactive=False, elem_id="training-files")
         with gr.Tab("Compare"):
             with gr.Row():
                 c_question = gr.Textbox(label="Question", lines=3, scale=3, elem_id="c-question")
@@ -569,6 +592,8 @@ def build_app() -> gr.Blocks:
         upload.upload(load_file, upload, tree_outputs + filled, api_name="import_tree")
         gallery.input(load_gallery, gallery, tree_outputs + filled, api_name="gallery", **raw)
         html_btn.click(make_html, tree_state, html_file, api_name="export_html", **raw)
+        training_btn.click(make_training, tree_state, training_files, api_name="export_training", **raw)
+        judge_btn.click(rejudge, [judge_rule, judge_aggregation, tree_state], tree_outputs, api_name="rejudge", **raw)
         projector.change(None, projector, None, js="(on) => { document.body.classList.toggle('rv-projector', on); }")
         c_example.input(load_example, c_example, [c_question, c_gold], api_visibility="private", queue=False, **raw)
         c_btn.click(compare, [c_question, c_gold, c_strategies, c_preset, c_seed, c_n, c_nodes, c_tokens, c_seconds],

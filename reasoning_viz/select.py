@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-from .tree import Node, SearchTree, aggregate
+from .tree import AGGREGATIONS, Node, SearchTree, aggregate
 
 
 @dataclass
@@ -168,6 +168,8 @@ def rank_candidates(tree: SearchTree, selection: Selection | dict | None, aggreg
 
 RULES = {"majority": majority_vote, "weighted": weighted_vote, "best": best_score,
          "confidence": best_confidence, "most-visited": most_visited}
+RULE_TITLES = {"majority": "majority vote", "weighted": "PRM-weighted vote", "best": "best path score",
+               "confidence": "answer confidence", "most-visited": "most visits"}
 
 
 def select(tree: SearchTree, rule: str, aggregation: str = "last") -> Selection:
@@ -175,3 +177,19 @@ def select(tree: SearchTree, rule: str, aggregation: str = "last") -> Selection:
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; choose one of {sorted(RULES)}")
     return RULES[rule](tree, aggregation)
+
+
+def rejudge(tree: SearchTree, rule: str, aggregation: str = "last") -> SearchTree:
+    """A copy of a finished (or loaded) tree whose answer is chosen again by ``rule``, with no model call:
+    the selection, the highlighted path and one "selected" event are new; the run's own choice is kept
+    in ``run["rejudged"]["original"]``. The same selection a fresh run with that rule would make."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+    copy = SearchTree.from_json(tree.to_json(), trusted=True)
+    selection = select(copy, rule, aggregation)
+    earlier = copy.run.get("rejudged") or {}
+    copy.run["rejudged"] = {"rule": rule, "aggregation": aggregation,
+                            "original": earlier.get("original", copy.run.get("selection"))}
+    copy.run["selection"] = selection.to_json()
+    copy.select_path(selection.node_id, f"Re-judged by {RULE_TITLES[rule]} ({aggregation}): {selection.detail}")
+    return copy

@@ -27,8 +27,10 @@ from .models.loading import PRESETS, load_models, load_preset
 from .models.presets import MATH_SYSTEM_PROMPT, MODEL_CARDS, SCORER_KINDS, check_model_ref
 from .problems.tinygsm import LEVELS, load_test_set
 from .search import Budget, Models, SearchContext
+from .select import RULES, rejudge
 from .strategies import STRATEGIES, run_search
-from .tree import SearchTree, TreeFormatError
+from .traces import jsonl, sft_records, sos_actions, sos_text
+from .tree import AGGREGATIONS, SearchTree, TreeFormatError
 
 try:  # on a Hugging Face Space with ZeroGPU, model work must run inside @spaces.GPU
     import spaces
@@ -392,6 +394,28 @@ def export_tree(tree: SearchTree, folder: ExportFolder = EXPORTS) -> Path:
     path = folder.new_path(tree, ".json")
     tree.save(path)
     return path
+
+
+def export_training(tree: SearchTree, folder: ExportFolder = EXPORTS) -> list[Path]:
+    """Training data from a tree (``traces.py``), three downloads: the SFT records (JSONL), and the
+    Stream-of-Search trace as text and as JSONL."""
+    files = [(".sft.jsonl", jsonl(sft_records(tree))), (".sos.txt", sos_text(tree)),
+             (".sos.jsonl", jsonl(sos_actions(tree)))]
+    paths = []
+    for suffix, text in files:
+        path = folder.new_path(tree, suffix)
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def rejudge_tree(tree: SearchTree, rule: Any, aggregation: Any) -> SearchTree:
+    """The tree with its answer chosen again by another rule (no model call); refusals are sentences."""
+    if rule not in RULES:
+        raise ValueError(f"Choose a selection rule: {', '.join(RULES)}.")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"Choose how a path's step scores combine: {', '.join(AGGREGATIONS)}.")
+    return rejudge(tree, rule, aggregation)
 
 
 def export_html(tree: SearchTree, html: str, folder: ExportFolder = EXPORTS) -> Path:

@@ -195,10 +195,10 @@ class SearchTree:
         """An event that changes no node (a stage begins, the search stops at a cap)."""
         self._emit(kind, message)
 
-    def select_path(self, node_id: int, message: str) -> None:
-        """Mark the path from the root to ``node_id`` as the chosen answer's path."""
+    def select_path(self, node_id: int | None, message: str) -> None:
+        """Mark the path from the root to ``node_id`` as the chosen answer's path (None: no path)."""
         previous = {n.id: {"selected": False} for n in self.nodes() if n.selected}
-        chosen = {n.id: {"selected": True} for n in self.path(node_id)}
+        chosen = {n.id: {"selected": True} for n in self.path(node_id)} if node_id is not None else {}
         self._emit("selected", message, updates={**previous, **chosen})
 
     # ---- JSON ---------------------------------------------------------------------------

@@ -196,3 +196,37 @@ def test_gallery_runs_load_without_a_model(client):
     title = next(iter(runs))
     out = client.predict(title, api_name="/gallery")
     assert SearchTree.load(out[7]).to_json() == SearchTree.load(runs[title]).to_json()
+
+
+def test_rejudge_changes_the_answer_rule_of_the_sessions_tree_with_no_model_call(client):
+    """#23 item 2 through the API: a majority-vote run re-judged by best path score gives that rule's
+    selection (the same as select.rejudge on the downloaded record), and the answer panel says so."""
+    from reasoning_viz.select import rejudge
+
+    out = run(client, "self_consistency", params=json.dumps({"n": 6}))
+    recorded = SearchTree.load(out[7])
+    judged = client.predict("best", "min", api_name="/rejudge")
+    tree = SearchTree.load(judged[7])
+    expected = rejudge(recorded, "best", "min")
+    assert tree.run["selection"] == expected.run["selection"] and tree.run["selection"]["rule"] == "best"
+    assert tree.run["rejudged"]["original"] == recorded.run["selection"]
+    assert "Re-judged with no model call" in judged[2]
+    assert len(tree) == len(recorded)  # nothing was generated
+    with pytest.raises(Exception, match="Choose a selection rule"):
+        client.predict("coin-flip", "last", api_name="/rejudge")
+
+
+def test_training_data_downloads_are_the_sft_paths_and_the_search_trace(client):
+    out = run(client, "beam_search")
+    tree = SearchTree.load(out[7])
+    files = client.predict(api_name="/export_training")
+    sft, trace, actions = (open(f, encoding="utf-8").read() for f in files)
+    assert files[0].endswith(".sft.jsonl") and files[1].endswith(".sos.txt") and files[2].endswith(".sos.jsonl")
+    verified = [n for n in tree.nodes() if n.status == "terminal" and n.correct]
+    assert len(sft.splitlines()) == len(verified)
+    for line in sft.splitlines():
+        record = json.loads(line)
+        assert record["messages"][0] == {"role": "user", "content": QUESTION} and record["source"] == "verified"
+    assert trace.startswith(f"Question: {QUESTION}\nExpand node 0:") and "Prune node" in trace
+    assert trace.splitlines()[-1].startswith(f"Answer {tree.run['selection']['answer']} at node")
+    assert json.loads(actions.splitlines()[-1])["action"] == "answer"

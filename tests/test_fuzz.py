@@ -76,6 +76,9 @@ ENDPOINT_INPUTS = {
     "replay": [st.integers(-2, 80), st.none()],
     "gallery": [st.sampled_from(list(gallery_runs()) or ["none"])],
     "export_html": [st.none()],
+    "export_training": [st.none()],
+    "rejudge": [st.one_of(st.sampled_from(["majority", "weighted", "best", "confidence", "most-visited"]), hostile),
+                st.one_of(st.sampled_from(["last", "min", "prod", "mean"]), hostile), st.none()],
     "compare": [st.just("Tom has 3 apples and buys 4 more. How many apples does he have?"),
                 st.just("7"), st.lists(st.sampled_from(list(STRATEGIES)), min_size=2, max_size=3, unique=True),
                 st.sampled_from(BUNDLED_PRESETS), st.integers(0, 3), st.integers(1, 3),
@@ -129,6 +132,8 @@ test_fuzz_inspect_click = _endpoint_test("inspect_click", 15)
 test_fuzz_replay = _endpoint_test("replay", 25)
 test_fuzz_gallery = _endpoint_test("gallery", 15)
 test_fuzz_export_html = _endpoint_test("export_html", 5)
+test_fuzz_export_training = _endpoint_test("export_training", 5)
+test_fuzz_rejudge = _endpoint_test("rejudge", 15)
 test_fuzz_collect_params = _endpoint_test("collect_params", 20)
 test_fuzz_show_strategy = _endpoint_test("show_strategy", 10)
 test_fuzz_redraw = _endpoint_test("redraw", 10)

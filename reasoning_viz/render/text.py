@@ -121,6 +121,12 @@ def answer_markdown(tree: SearchTree) -> str:
         lines.append(f"### Answer: {plain(sel['answer'])}{verdict}\n{plain(sel['detail'])}")
         if node is not None:
             lines.extend(weak_step_warning(tree, node.id))
+    rejudged = tree.run.get("rejudged")
+    if isinstance(rejudged, dict) and isinstance(rejudged.get("original"), dict):
+        own = rejudged["original"].get("answer")
+        lines.append(f"↺ Re-judged with no model call: rule {plain(rejudged.get('rule'))}, path score "
+                     f"{plain(rejudged.get('aggregation'))}. The run's own rule chose "
+                     f"{plain(own) if own is not None else 'no answer'}.")
     lines.extend(f"⚠️ {plain(w)}" for w in tree.run.get("warnings") or [])
     t = tree.run.get("totals")
     if t:

@@ -72,12 +72,45 @@ def test_calculator_checker():
     assert checker.score(Q, [["I think it is many."]]) == [[0.0]]
 
 
-def test_mc_rollout_scorer_counts_rollouts(tiny_models):
+class ScriptedRollouts:
+    """A policy whose rollouts are written in advance: from the end of step j of the path, the texts
+    in ``script[j]``. The Monte-Carlo score of each step is then known by hand."""
+
+    def __init__(self, tokenizer, script: list[list[str]]):
+        self.tokenizer, self.script = tokenizer, script
+        self.prompt = [1, 2, 3]
+
+    def prompt_ids(self, question, system_prompt=None):
+        return list(self.prompt)
+
+    def expand(self, prefixes, k, params, generator=None, first_tokens=None, check=None):
+        from reasoning_viz.models.generator import StepSample
+
+        out = []
+        for j, _ in enumerate(prefixes):  # the scorer asks for step 0, 1, ... of the one path in order
+            out.append([StepSample([7], text, [0.0], [1.0], "eos") for text in self.script[j][:k]])
+        return out
+
+
+def test_mc_rollout_scorer_is_the_fraction_of_rollouts_that_reach_the_gold(tiny_models):
+    """2 of 3 rollouts from step 1 reach 14, 1 of 3 from step 2, and from the answer step every rollout
+    that writes no answer of its own keeps that step's \\boxed{14} (the path has already answered)."""
+    script = [["\\boxed{14}", "\\boxed{13}", "\\boxed{14}"],
+              ["\\boxed{15}", "\\boxed{14}", "no answer at all"],
+              ["", "", "\\boxed{12}"]]
+    scorer = MCRolloutScorer(ScriptedRollouts(tiny_models.generator.tokenizer, script),
+                             SamplingParams(temperature=1.0, max_step_tokens=4), rollouts=3)
+    (scores,) = scorer.score(Q, [PATHS[2]], gold="14")
+    assert scores == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    assert scorer.tokens_scored == 9  # one token per scripted rollout
+    (no_gold,) = scorer.score(Q, [PATHS[2]])  # no gold: agreement with the rollouts' majority answer
+    assert no_gold == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+
+
+def test_mc_rollout_scorer_runs_on_a_real_generator(tiny_models):
     scorer = MCRolloutScorer(tiny_models.generator, SamplingParams(temperature=1.0, max_step_tokens=4), rollouts=3)
     scores = scorer.score(Q, [PATHS[2]], gold="14")
-    # the last step already holds the boxed gold answer, so every rollout "reaches" it
-    assert scores[0][2] == 1.0
-    assert all(s in (0.0, 1 / 3, 2 / 3, 1.0) for s in scores[0])
+    assert len(scores[0]) == 3 and all(s in (0.0, 1 / 3, 2 / 3, 1.0) for s in scores[0])
     assert scorer.tokens_scored > 0
 
 

@@ -251,6 +251,8 @@ def queue_concurrency() -> int:
     """Requests the app's queue runs at once: the in-process slots, plus the engine's if a preset uses one."""
     engine = any(p.engine_url for p in PRESETS.values())
     return LIMITS.concurrency + (LIMITS.engine_concurrency if engine else 0)
+
+
 _runs_lock = threading.Lock()
 _runs: dict[str, dict[str, threading.Event]] = {}  # session -> run id -> its stop flag
 
@@ -411,9 +413,9 @@ def export_training(tree: SearchTree, folder: ExportFolder = EXPORTS) -> list[Pa
 
 def rejudge_tree(tree: SearchTree, rule: Any, aggregation: Any) -> SearchTree:
     """The tree with its answer chosen again by another rule (no model call); refusals are sentences."""
-    if rule not in RULES:
+    if not isinstance(rule, str) or rule not in RULES:  # a list or dict from the API is no rule either
         raise ValueError(f"Choose a selection rule: {', '.join(RULES)}.")
-    if aggregation not in AGGREGATIONS:
+    if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
         raise ValueError(f"Choose how a path's step scores combine: {', '.join(AGGREGATIONS)}.")
     return rejudge(tree, rule, aggregation)
 

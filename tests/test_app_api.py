@@ -212,8 +212,11 @@ def test_rejudge_changes_the_answer_rule_of_the_sessions_tree_with_no_model_call
     assert tree.run["rejudged"]["original"] == recorded.run["selection"]
     assert "Re-judged with no model call" in judged[2]
     assert len(tree) == len(recorded)  # nothing was generated
-    with pytest.raises(Exception, match="Choose a selection rule"):
-        client.predict("coin-flip", "last", api_name="/rejudge")
+    for rule, aggregation, refusal in [("coin-flip", "last", "Choose a selection rule"),
+                                       (["best"], "last", "Choose a selection rule"),
+                                       ("best", {"min": 1}, "Choose how a path's step scores combine")]:
+        with pytest.raises(Exception, match=refusal):
+            client.predict(rule, aggregation, api_name="/rejudge")
 
 
 def test_training_data_downloads_are_the_sft_paths_and_the_search_trace(client):

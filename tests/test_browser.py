@@ -150,7 +150,7 @@ def test_a_recorded_run_is_rejudged_and_turned_into_training_data(browser, serve
     pick(page, "#judge-aggregation", re.compile("^min$"))
     page.locator("#rejudge").click()
     expect(page.locator("#answer")).to_contain_text("Re-judged with no model call", timeout=30_000)
-    expect(page.locator("#answer")).to_contain_text("rule best, path score min")
+    expect(page.locator("#answer")).to_contain_text("by best path score (path score: min)")
     expect(page.locator("#candidates-caption")).to_contain_text("ranked by", timeout=10_000)
     page.locator("#training").click()
     files = page.locator("#training-files")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..select import RANKED_BY, rank_candidates
+from ..select import RANKED_BY, RULE_TITLES, rank_candidates
 from ..tree import Node, SearchTree
 
 _EQUATION = re.compile(r"(?<![\w$\\])(-?\d+(?:\.\d+)?(?:\s*[-+*/×÷]\s*-?\d+(?:\.\d+)?)+\s*=\s*-?\d+(?:\.\d+)?)")
@@ -124,8 +124,10 @@ def answer_markdown(tree: SearchTree) -> str:
     rejudged = tree.run.get("rejudged")
     if isinstance(rejudged, dict) and isinstance(rejudged.get("original"), dict):
         own = rejudged["original"].get("answer")
-        lines.append(f"↺ Re-judged with no model call: rule {plain(rejudged.get('rule'))}, path score "
-                     f"{plain(rejudged.get('aggregation'))}. The run's own rule chose "
+        rule = RULE_TITLES.get(rejudged.get("rule"), rejudged.get("rule")) if isinstance(rejudged.get("rule"), str) \
+            else "?"
+        lines.append(f"↺ Re-judged with no model call by {plain(rule)} (path score: "
+                     f"{plain(rejudged.get('aggregation'))}). The run's own rule chose "
                      f"{plain(own) if own is not None else 'no answer'}.")
     lines.extend(f"⚠️ {plain(w)}" for w in tree.run.get("warnings") or [])
     t = tree.run.get("totals")

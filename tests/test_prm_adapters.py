@@ -143,3 +143,21 @@ def test_llm_judge_reads_yes_against_no():
     before = judge.tokens_scored
     judge.score(QUESTION, PATHS[1:2])  # already judged: served from memory
     assert judge.tokens_scored == before
+
+
+def test_adapter_out_of_memory_is_one_sentence_and_the_count_is_per_run(monkeypatch):
+    """The shared loop: a run's token count starts at zero, and a device out of memory is a sentence."""
+    from reasoning_viz.models.generator import OutOfMemory
+
+    tok = llama_tokenizer()
+    judge = LLMJudge(LlamaForCausalLM(small(LlamaConfig, tok)).eval(), tok)
+    run = judge.for_run()
+    run.score(QUESTION, PATHS[:1])
+    assert run.tokens_scored == len(judge.prompt_ids(QUESTION, PATHS[0])) and judge.tokens_scored == 0
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(judge.model, "forward", no_memory)
+    with pytest.raises(OutOfMemory, match="scoring one path"):
+        judge.for_run().score(QUESTION, PATHS[1:2])

@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -76,6 +76,27 @@ def encode_steps(tokenizer: PreTrainedTokenizerBase, steps: list[str], delimiter
 
 class OutOfMemory(RuntimeError):
     """The device ran out of memory even at the smallest batch; the message says what to try."""
+
+
+T = TypeVar("T")
+
+
+def halve_until_it_fits(attempt: Callable[[float], T], size: float, smallest: Callable[[float], bool],
+                        message: str) -> T:
+    """``attempt(size)``, halving ``size`` after each out-of-memory error until it fits.
+
+    The one retry loop of the generator (``size``: its KV memory budget) and the scorers (a batch of
+    paths). When ``smallest(size)`` says it cannot shrink further, raises ``OutOfMemory(message)``:
+    one sentence for the user instead of a CUDA trace."""
+    while True:
+        try:
+            return attempt(size)
+        except torch.OutOfMemoryError:
+            if smallest(size):
+                raise OutOfMemory(message) from None
+            size /= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the failed attempt's blocks back before the next
 
 
 def _no_check() -> None:
@@ -186,18 +207,16 @@ class StepGenerator:
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("every prefix needs at least one token")
         budget = self.memory_budget_bytes
+
+        def attempt(size: float) -> list[list[StepSample]]:
+            self.memory_budget_bytes = size  # fewer rows per chunk: ``_rows_per_chunk`` reads it
+            return self._expand_all(prefixes, k, params, generator, first_tokens, check or _no_check)
+
         try:
-            while True:
-                try:
-                    return self._expand_all(prefixes, k, params, generator, first_tokens, check or _no_check)
-                except torch.OutOfMemoryError:
-                    # halve the batch (through the budget) and retry, down to one row at a time
-                    if self._rows_per_chunk(prefixes, params.max_step_tokens) <= 1:
-                        raise OutOfMemory("out of GPU memory even when generating one sequence at a time; "
-                                          "try a smaller preset, fewer beams, or shorter steps") from None
-                    self.memory_budget_bytes /= 2
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
+            return halve_until_it_fits(
+                attempt, budget, lambda _: self._rows_per_chunk(prefixes, params.max_step_tokens) <= 1,
+                "out of GPU memory even when generating one sequence at a time; "
+                "try a smaller preset, fewer beams, or shorter steps")
         finally:
             self.memory_budget_bytes = budget
 

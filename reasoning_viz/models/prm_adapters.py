@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config, Qwen2Model, Qwen2PreTrainedModel
 
+from .generator import halve_until_it_fits
+
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -34,10 +36,14 @@ def _clean(step: str) -> str:
     return step.strip()
 
 
-class _Counting:
-    """Shared bits: a lock (one model serves every user) and a count of tokens run."""
+class _PathScorer:
+    """The loop every adapter shares: one model serves every user (a lock), paths are scored one at a
+    time (published PRMs are large; one path is the smallest batch), tokens run are counted, and running
+    out of memory is one sentence. An adapter says only how to score one path (``score_path``),
+    calling ``forward`` for each model pass."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
         self._lock = threading.Lock()
         self._tokens = 0
 
@@ -51,13 +57,28 @@ class _Counting:
         run._lock, run._tokens = threading.Lock(), 0
         return run
 
+    @torch.inference_mode()
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        with self._lock:
+            return halve_until_it_fits(lambda _: [self.score_path(question, steps) for steps in paths], 1,
+                                       lambda _: True, "out of GPU memory while scoring one path; try a "
+                                       "smaller preset or shorter steps")
 
-class RLHFlowPRM(_Counting):
+    def forward(self, ids: list[int], **kwargs):
+        """One pass of the model over one sequence of token ids (counted)."""
+        self._tokens += len(ids)
+        return self.model(torch.tensor([ids], device=self.model.device), **kwargs)
+
+    def score_path(self, question: str, steps: list[str]) -> list[float]:
+        raise NotImplementedError
+
+
+class RLHFlowPRM(_PathScorer):
     name = "rlhflow-prm"
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
-        super().__init__()
-        self.model, self.tokenizer = model, tokenizer
+        super().__init__(model)
+        self.tokenizer = tokenizer
         self.candidate_ids = [tokenizer.encode("+")[-1], tokenizer.encode("-")[-1]]
 
     def conversation(self, question: str, steps: list[str]) -> list[dict]:
@@ -79,17 +100,10 @@ class RLHFlowPRM(_Counting):
             positions.append(start - 1)
         return ids, positions
 
-    @torch.inference_mode()
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        out = []
-        with self._lock:
-            for steps in paths:
-                ids, positions = self.positions(self.conversation(question, steps))
-                logits = self.model(torch.tensor([ids], device=self.model.device)).logits[0]
-                self._tokens += len(ids)
-                probs = logits[positions][:, self.candidate_ids].float().softmax(-1)[:, 0]
-                out.append(probs.tolist())
-        return out
+    def score_path(self, question: str, steps: list[str]) -> list[float]:
+        ids, positions = self.positions(self.conversation(question, steps))
+        logits = self.forward(ids).logits[0]
+        return logits[positions][:, self.candidate_ids].float().softmax(-1)[:, 0].tolist()
 
 
 class QwenProcessRewardModel(Qwen2PreTrainedModel):
@@ -110,13 +124,13 @@ class QwenProcessRewardModel(Qwen2PreTrainedModel):
         return self.score(hidden)  # (batch, sequence, num_labels)
 
 
-class QwenPRM(_Counting):
+class QwenPRM(_PathScorer):
     name = "qwen-prm"
 
     def __init__(self, model: QwenProcessRewardModel, tokenizer: PreTrainedTokenizerBase,
                  system_prompt: str = QWEN_SYSTEM, separator: str = "<extra_0>"):
-        super().__init__()
-        self.model, self.tokenizer, self.system_prompt = model, tokenizer, system_prompt
+        super().__init__(model)
+        self.tokenizer, self.system_prompt = tokenizer, system_prompt
         self.separator = separator
         self.separator_id = tokenizer.encode(separator)[0]
 
@@ -126,16 +140,10 @@ class QwenPRM(_Counting):
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
         return self.tokenizer.encode(text)
 
-    @torch.inference_mode()
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        out = []
-        with self._lock:
-            for steps in paths:
-                ids = torch.tensor([self.encode(question, steps)], device=self.model.device)
-                logits = self.model(ids)[0].float()
-                self._tokens += ids.shape[1]
-                out.append(logits.softmax(-1)[ids[0] == self.separator_id][:, 1].tolist())
-        return out
+    def score_path(self, question: str, steps: list[str]) -> list[float]:
+        ids = self.encode(question, steps)
+        logits = self.forward(ids)[0].float()
+        return logits.softmax(-1)[torch.tensor(ids, device=logits.device) == self.separator_id][:, 1].tolist()
 
 
 def load_value_head(name_or_path: str | Path, hidden_size: int) -> nn.Linear:
@@ -156,13 +164,13 @@ def load_value_head(name_or_path: str | Path, hidden_size: int) -> nn.Linear:
     return head
 
 
-class SkyworkPRM(_Counting):
+class SkyworkPRM(_PathScorer):
     name = "skywork-prm"
 
     def __init__(self, model: PreTrainedModel, value_head: nn.Linear, tokenizer: PreTrainedTokenizerBase,
                  step_token: str = "\n"):
-        super().__init__()
-        self.model, self.tokenizer, self.step_token = model, tokenizer, step_token
+        super().__init__(model)
+        self.tokenizer, self.step_token = tokenizer, step_token
         self.value_head = value_head.to(device=model.device, dtype=torch.float32).eval()
         self.step_token_id = tokenizer.encode(step_token)[-1]
 
@@ -176,28 +184,21 @@ class SkyworkPRM(_Counting):
             flags.append(len(ids) - 1)
         return ids, flags
 
-    @torch.inference_mode()
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        out = []
-        with self._lock:
-            for steps in paths:
-                ids, flags = self.encode(question, steps)
-                hidden = self.model(torch.tensor([ids], device=self.model.device),
-                                    output_hidden_states=True).hidden_states[-1][0]
-                self._tokens += len(ids)
-                out.append(torch.sigmoid(self.value_head(hidden[flags].float())).squeeze(-1).tolist())
-        return out
+    def score_path(self, question: str, steps: list[str]) -> list[float]:
+        ids, flags = self.encode(question, steps)
+        hidden = self.forward(ids, output_hidden_states=True).hidden_states[-1][0]
+        return torch.sigmoid(self.value_head(hidden[flags].float())).squeeze(-1).tolist()
 
 
-class LLMJudge(_Counting):
+class LLMJudge(_PathScorer):
     """Any instruct model as a step verifier: P("Yes") when asked if the latest step is correct."""
 
     name = "llm-judge"
     SYSTEM = "You check math solutions step by step. Reply with one word: Yes or No."
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
-        super().__init__()
-        self.model, self.tokenizer = model, tokenizer
+        super().__init__(model)
+        self.tokenizer = tokenizer
         yes = tokenizer.encode("Yes", add_special_tokens=False)
         no = tokenizer.encode("No", add_special_tokens=False)
         self.candidate_ids = [yes[0], no[0]]
@@ -213,22 +214,15 @@ class LLMJudge(_Counting):
             return self.tokenizer.encode(text, add_special_tokens=False)
         return self.tokenizer.encode(f"{self.SYSTEM}\n\n{user}\nAnswer:")
 
-    @torch.inference_mode()
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        out = []
-        with self._lock:
-            for steps in paths:
-                scores = []
-                for j in range(len(steps)):
-                    key = (question, tuple(steps[: j + 1]))
-                    if key not in self._memo:
-                        ids = self.prompt_ids(question, steps[: j + 1])
-                        logits = self.model(torch.tensor([ids], device=self.model.device)).logits[0, -1]
-                        self._tokens += len(ids)
-                        self._memo[key] = logits[self.candidate_ids].float().softmax(-1)[0].item()
-                    scores.append(self._memo[key])
-                out.append(scores)
-        return out
+    def score_path(self, question: str, steps: list[str]) -> list[float]:
+        scores = []
+        for j in range(len(steps)):  # one question per step prefix
+            key = (question, tuple(steps[: j + 1]))
+            if key not in self._memo:
+                logits = self.forward(self.prompt_ids(question, steps[: j + 1])).logits[0, -1]
+                self._memo[key] = logits[self.candidate_ids].float().softmax(-1)[0].item()
+            scores.append(self._memo[key])
+        return scores
 
     def reset(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..problems.grading import answers_match, extract_boxed, normalize_answer
-from .generator import OutOfMemory, PolicyBackend, SamplingParams, encode_steps
+from .generator import PolicyBackend, SamplingParams, encode_steps, halve_until_it_fits
 from .kv_cache import append_cache, cache_keyword
 from .shared_prefix import SharedPrefix, enable_shared_prefix
 
@@ -93,23 +93,19 @@ class MathShepherdPRM:
 
     @torch.inference_mode()
     def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        def attempt(size: float) -> list[list[float]]:
+            batch = max(1, int(size))
+            if len(paths) > 1:  # all paths share the question: run it once, reuse its cache
+                self._prime(question)
+            out: list[list[float]] = []
+            for lo in range(0, len(paths), batch):
+                out.extend(self._score_batch(question, paths[lo:lo + batch]))
+            return out
+
         with self._lock:
-            batch = self.batch_size
-            while True:
-                try:
-                    if len(paths) > 1:  # all paths share the question: run it once, reuse its cache
-                        self._prime(question)
-                    out: list[list[float]] = []
-                    for lo in range(0, len(paths), batch):
-                        out.extend(self._score_batch(question, paths[lo:lo + batch]))
-                    return out
-                except torch.OutOfMemoryError:  # halve the batch and retry, down to one path
-                    if batch == 1:
-                        raise OutOfMemory("out of GPU memory while scoring even one path; try a smaller "
-                                          "preset or shorter steps") from None
-                    batch = max(1, batch // 2)
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
+            return halve_until_it_fits(attempt, self.batch_size, lambda size: size < 2,
+                                       "out of GPU memory while scoring even one path; try a smaller "
+                                       "preset or shorter steps")
 
     # ---- prefix KV cache ----------------------------------------------------------------
     def _lookup(self, ids: list[int]):

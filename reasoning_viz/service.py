@@ -24,7 +24,7 @@ from typing import Any
 
 from .models.engine import EngineError
 from .models.loading import PRESETS, load_models, load_preset
-from .models.presets import MATH_SYSTEM_PROMPT, MODEL_CARDS, SCORER_KINDS, check_model_ref
+from .models.presets import MATH_SYSTEM_PROMPT, MODEL_CARDS, POLICY_SCORED_KINDS, SCORER_KINDS, check_model_ref
 from .problems.tinygsm import LEVELS, load_test_set
 from .search import Budget, Models, SearchContext
 from .select import RULES, rejudge
@@ -202,7 +202,7 @@ def get_models(preset: str, custom_policy: str | None = None, scorer_kind: str |
         raise ValueError(f"Unknown scorer kind {kind[:40]!r}. Choose one of: {', '.join(SCORER_KINDS)}.")
     if kind == "calculator":
         scorer = "calculator"
-    elif kind == "self-confidence":
+    elif kind in POLICY_SCORED_KINDS:
         scorer = policy  # always the policy itself: a scorer model typed beside it would be ignored
     elif (custom_scorer or "").strip():
         scorer = check_model_ref(custom_scorer)

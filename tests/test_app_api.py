@@ -85,6 +85,18 @@ def test_self_confidence_through_the_api(client, local_model_dir, monkeypatch):
     assert SearchTree.load(out[7]).run["models"]["scorer"] == "tiny-hub-llama"
 
 
+def test_monte_carlo_rollouts_through_the_api(client):
+    """Math-Shepherd's rollout labels as a scorer a user can pick: with the gold answer, a step's score
+    is a fraction of 8 rollouts, and the run's scorer is the student itself (no second model)."""
+    out = client.predict(QUESTION, "14", "best_of_n", "TinyGSM student + its own rollouts (Math-Shepherd's labels)",
+                         0, json.dumps({"n": 2}), 300, 20000, 60, "", "llm-judge", "", api_name="/run")
+    tree = SearchTree.load(out[7])
+    assert tree.run["models"] == {"policy": "tinygsm-student", "scorer": "tinygsm-student"}
+    scores = [n.step_score for n in tree.nodes()[1:]]
+    assert scores and all(round(8 * s, 6) == round(8 * s) for s in scores)  # k/8 for k rollouts of 8
+    assert tree.run["totals"]["scorer_tokens"] > 0
+
+
 def test_custom_models_obey_the_host(client, local_model_dir, monkeypatch):
     monkeypatch.delenv("RV_MODELS_DIR", raising=False)
     with pytest.raises(Exception, match="Local model paths are off"):

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from reasoning_viz.models.scorers import CalculatorChecker, MathShepherdPRM, MCRolloutScorer
-from reasoning_viz.models.generator import SamplingParams
 
 Q = "Mia has 12 apples. She buys 5 more apples. She gives 3 apples to a friend. How many apples does Mia have now?"
 PATHS = [["Buys 5 more: 12 + 5 = 17"], ["Buys 5 more: 12 + 5 = 17", "Gives away 3: 17 - 3 = 14"],
@@ -98,8 +97,8 @@ def test_mc_rollout_scorer_is_the_fraction_of_rollouts_that_reach_the_gold(tiny_
     script = [["\\boxed{14}", "\\boxed{13}", "\\boxed{14}"],
               ["\\boxed{15}", "\\boxed{14}", "no answer at all"],
               ["", "", "\\boxed{12}"]]
-    scorer = MCRolloutScorer(ScriptedRollouts(tiny_models.generator.tokenizer, script),
-                             SamplingParams(temperature=1.0, max_step_tokens=4), rollouts=3)
+    scorer = MCRolloutScorer(ScriptedRollouts(tiny_models.generator.tokenizer, script), 1.0, rollouts=3,
+                             max_tokens=4)
     (scores,) = scorer.score(Q, [PATHS[2]], gold="14")
     assert scores == pytest.approx([2 / 3, 1 / 3, 2 / 3])
     assert scorer.tokens_scored == 9  # one token per scripted rollout
@@ -108,7 +107,7 @@ def test_mc_rollout_scorer_is_the_fraction_of_rollouts_that_reach_the_gold(tiny_
 
 
 def test_mc_rollout_scorer_runs_on_a_real_generator(tiny_models):
-    scorer = MCRolloutScorer(tiny_models.generator, SamplingParams(temperature=1.0, max_step_tokens=4), rollouts=3)
+    scorer = MCRolloutScorer(tiny_models.generator, 1.0, rollouts=3, max_tokens=4)
     scores = scorer.score(Q, [PATHS[2]], gold="14")
     assert len(scores[0]) == 3 and all(s in (0.0, 1 / 3, 2 / 3, 1.0) for s in scores[0])
     assert scorer.tokens_scored > 0

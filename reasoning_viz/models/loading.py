@@ -24,7 +24,7 @@ from . import prm_adapters as pa
 from .engine import EngineGenerator
 from .presets import (BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, SMOLLM2_GGUF, SMOLLM2_INSTALL,  # noqa: F401
                       Preset, check_fits, estimate_memory_gb, trusts_remote_code)
-from .scorers import CalculatorChecker, MathShepherdPRM, SelfConfidence, StepScorer
+from .scorers import CalculatorChecker, MathShepherdPRM, MCRolloutScorer, SelfConfidence, StepScorer
 
 
 def pick_device() -> torch.device:
@@ -157,6 +157,8 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
             generator = StepGenerator(model, tokenizer, memory_budget_mb=budget)
         if scorer_kind == "self-confidence":  # the policy grades itself: no second model
             scorer_obj: StepScorer = SelfConfidence(generator, system_prompt)
+        elif scorer_kind == "mc-rollout":  # the policy's own rollouts: Math-Shepherd's labels, live
+            scorer_obj = MCRolloutScorer(generator, temperature, system_prompt=system_prompt)
         elif scorer == policy and scorer_kind == "llm-judge" and model is not None:  # one model plays both parts
             scorer_obj = pa.LLMJudge(model, tokenizer)
         else:

@@ -32,7 +32,8 @@ BUNDLED_STUDENT = ASSETS_MODELS / "tinygsm-student"
 BUNDLED_LARGE = ASSETS_MODELS / "tinygsm-large"
 BUNDLED_PRM = ASSETS_MODELS / "tinygsm-prm"
 BUNDLED_MODELS = (BUNDLED_STUDENT, BUNDLED_LARGE, BUNDLED_PRM)
-SCORER_KINDS = ("math-shepherd", "self-confidence", "rlhflow", "qwen-prm", "skywork", "llm-judge", "calculator")
+SCORER_KINDS = ("math-shepherd", "self-confidence", "mc-rollout", "rlhflow", "qwen-prm", "skywork", "llm-judge", "calculator")
+POLICY_SCORED_KINDS = ("self-confidence", "mc-rollout")  # scored by the policy itself: no second model
 # A natural sampling temperature (search-and-learn samples at 0.8): the student's errors come from what
 # it cannot compute, not from sampling noise. The model cards' tables are measured at it.
 BUNDLED_TEMPERATURE = DEFAULT_TEMPERATURE
@@ -80,6 +81,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("TinyGSM student + self-confidence", str(BUNDLED_STUDENT), str(BUNDLED_STUDENT), "self-confidence",
            None, 0.01, "The student scores its own steps by its lowest token probability: no verifier, to "
            "see why a separate one matters.", BUNDLED_TEMPERATURE),
+    Preset("TinyGSM student + its own rollouts (Math-Shepherd's labels)", str(BUNDLED_STUDENT), str(BUNDLED_STUDENT),
+           "mc-rollout", None, 0.01, "Each step scored by 8 completions of the student from it: the fraction "
+           "that reach the gold answer (if you give one; else the rollouts' majority). How Math-Shepherd labels "
+           "a PRM's training data: slow, and no fair judge when it knows the answer.", BUNDLED_TEMPERATURE),
     Preset("TinyGSM student + calculator checker", str(BUNDLED_STUDENT), "calculator", "calculator", None, 0.01,
            "The student, scored by the exact rule-based step checker instead of a learned PRM.",
            BUNDLED_TEMPERATURE),

@@ -351,16 +351,19 @@ def _fmt(x: float) -> str:
 
 
 class MCRolloutScorer:
-    """Math-Shepherd's Monte-Carlo estimate: the fraction of K rollouts from a step that reach the
-    gold answer (or, with no gold, that agree with the majority answer of all rollouts)."""
+    """Math-Shepherd's Monte-Carlo estimate: the fraction of K rollouts of the policy from a step that
+    reach the gold answer (or, with no gold, that agree with the majority answer of all rollouts).
+
+    It is how Math-Shepherd *labels* a PRM's training data (``train/labels.py`` does it for the bundled
+    PRM), offered as a scorer (kind ``mc-rollout``) so a user can watch it: slow (K completions per
+    step) and, given the gold answer, no fair verifier — it knows the answer."""
 
     name = "mc-rollout"
 
-    def __init__(self, generator, params, rollouts: int = 8, system_prompt: str | None = None,
-                 seed: int = 0):
+    def __init__(self, generator: PolicyBackend, temperature: float, rollouts: int = 8, max_tokens: int = 256,
+                 system_prompt: str | None = None, seed: int = 0):
         self.generator = generator
-        self.params = SamplingParams(temperature=params.temperature, top_p=params.top_p,
-                                     max_step_tokens=params.max_step_tokens * 8, stop_at_step=False)
+        self.params = SamplingParams(temperature=temperature, max_step_tokens=max_tokens, stop_at_step=False)
         self.rollouts = rollouts
         self.system_prompt = system_prompt
         self.seed = seed

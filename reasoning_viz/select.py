@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-from .tree import AGGREGATIONS, Node, SearchTree, aggregate
+from .tree import AGGREGATIONS, Node, SearchTree
 
 
 @dataclass
@@ -25,12 +25,6 @@ class Selection:
         return asdict(self)
 
 
-def path_score(tree: SearchTree, node_id: int, aggregation: str = "last") -> float:
-    """The aggregated step score of the path from the root to ``node_id`` (unscored steps skipped)."""
-    scores = [n.step_score for n in tree.path(node_id)[1:] if n.step_score is not None]
-    return aggregate(scores, aggregation)
-
-
 def answered(tree: SearchTree) -> list[Node]:
     """Terminal nodes that carry an extracted answer, in creation order."""
     return [n for n in tree.terminals() if n.answer is not None]
@@ -42,7 +36,7 @@ def _nothing(rule: str) -> Selection:
 
 def _pick_node(tree: SearchTree, nodes: list[Node], aggregation: str) -> Node:
     # the best-scored path with the winning answer; earliest node on ties (deterministic)
-    return max(nodes, key=lambda n: (path_score(tree, n.id, aggregation), -n.id))
+    return max(nodes, key=lambda n: (tree.path_score(n.id, aggregation), -n.id))
 
 
 def _vote(tree: SearchTree, rule: str, aggregation: str, weighted: bool) -> Selection:
@@ -51,7 +45,7 @@ def _vote(tree: SearchTree, rule: str, aggregation: str, weighted: bool) -> Sele
         return _nothing(rule)
     votes: dict[str, float] = defaultdict(float)
     for n in nodes:
-        votes[n.answer] += path_score(tree, n.id, aggregation) if weighted else 1
+        votes[n.answer] += tree.path_score(n.id, aggregation) if weighted else 1
     # ties go to the answer found first (deterministic)
     best = max(votes, key=lambda a: (votes[a], -min(n.id for n in nodes if n.answer == a)))
     node = _pick_node(tree, [n for n in nodes if n.answer == best], aggregation)
@@ -76,7 +70,7 @@ def best_score(tree: SearchTree, aggregation: str = "last") -> Selection:
     if not nodes:
         return _nothing("best")
     node = _pick_node(tree, nodes, aggregation)
-    score = path_score(tree, node.id, aggregation)
+    score = tree.path_score(node.id, aggregation)
     return Selection("best", node.answer, node.id, score, {},
                      f"Best path by {aggregation} score: {node.answer} (score {score:.3f})")
 
@@ -110,14 +104,14 @@ def most_visited(tree: SearchTree, aggregation: str = "last") -> Selection:
 
 def shortest_confident(tree: SearchTree, aggregation: str = "min", threshold: float = 0.5) -> Selection:
     """The shortest path whose aggregated score clears ``threshold`` (the fast/slow summary)."""
-    nodes = [n for n in answered(tree) if path_score(tree, n.id, aggregation) >= threshold]
+    nodes = [n for n in answered(tree) if tree.path_score(n.id, aggregation) >= threshold]
     if not nodes:
         fallback = best_score(tree, aggregation)
         fallback.detail = f"No path scored >= {threshold:g}; " + fallback.detail[0].lower() + fallback.detail[1:]
         return fallback
     node = min(nodes, key=lambda n: (sum(p.num_tokens for p in tree.path(n.id)[1:]),
-                                     -path_score(tree, n.id, aggregation), n.id))
-    score = path_score(tree, node.id, aggregation)
+                                     -tree.path_score(n.id, aggregation), n.id))
+    score = tree.path_score(node.id, aggregation)
     return Selection("shortest-confident", node.answer, node.id, score, {},
                      f"Shortest path scoring >= {threshold:g}: {node.answer} ({node.depth} steps, score {score:.3f})")
 
@@ -151,7 +145,7 @@ def rank_candidates(tree: SearchTree, selection: Selection | dict | None, aggreg
     out = []
     for n in answered(tree):
         steps = [p.step_score for p in tree.path(n.id)[1:] if p.step_score is not None]
-        score = path_score(tree, n.id, aggregation)
+        score = tree.path_score(n.id, aggregation)
         key = {"majority": sel.votes.get(n.answer, 0.0), "weighted": sel.votes.get(n.answer, 0.0),
                "confidence": n.confidence if n.confidence is not None else float("-inf"),
                "most-visited": float(n.visits or 0)}.get(sel.rule, score)

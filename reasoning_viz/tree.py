@@ -138,6 +138,22 @@ class SearchTree:
     def terminals(self) -> list[Node]:
         return [n for n in self.nodes() if n.status == "terminal"]
 
+    def path_score(self, node_id: int, how: str = "last") -> float:
+        """The aggregated step score of the path from the root to ``node_id``, as ``set_scores``
+        recorded it on the node: the one source every strategy, selection rule and view reads. A node
+        not scored yet ranks as its nearest scored ancestor (0 for the root)."""
+        if how not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
+        for node in reversed(self.path(node_id)):
+            if node.path_score is not None:
+                return node.path_score[how]
+        return 0.0
+
+    def _path_scores_with(self, node_id: int, score: float) -> dict[str, float]:
+        """Every aggregation of the path to ``node_id`` if its own step scores ``score``."""
+        scores = [n.step_score for n in self.path(node_id)[1:-1] if n.step_score is not None] + [score]
+        return {how: aggregate(scores, how) for how in AGGREGATIONS}
+
     def __len__(self) -> int:
         return self.graph.number_of_nodes()
 
@@ -147,17 +163,33 @@ class SearchTree:
         event = Event(len(self.events), kind, message, [], {})
         for n in new_nodes:
             n.event = event.index
-            self.graph.add_node(n.id, node=n)
-            if n.parent is not None:
-                self.graph.add_edge(n.parent, n.id)
             event.new_nodes.append(asdict(n))
-        for node_id, changes in (updates or {}).items():
+        event.updates = {node_id: dict(changes) for node_id, changes in (updates or {}).items()}
+        self._apply(event)
+        return event
+
+    def _apply(self, event: Event) -> None:
+        """Add an event's new nodes and apply its updates: the one place a tree changes, live (``_emit``)
+        and when a record is rebuilt from its event log (``replay``)."""
+        for d in event.new_nodes:
+            node = Node(**d)
+            if node.parent is not None and node.parent not in self.graph:
+                raise TreeFormatError(f"node {node.id} names a parent {node.parent} that does not exist")
+            if node.id in self.graph:
+                raise TreeFormatError(f"node {node.id} is created twice")
+            expected = 0 if node.parent is None else self.node(node.parent).depth + 1
+            if node.depth != expected or (node.parent is None and self.graph):
+                raise TreeFormatError(f"node {node.id} has depth {node.depth}, but its place in the tree says {expected}")
+            self.graph.add_node(node.id, node=node)
+            if node.parent is not None:
+                self.graph.add_edge(node.parent, node.id)
+        for node_id, changes in event.updates.items():
+            if node_id not in self.graph:
+                raise TreeFormatError(f"event {event.index} updates node {node_id}, which does not exist")
             node = self.node(node_id)
             for key, value in changes.items():
                 setattr(node, key, value)
-            event.updates[node_id] = dict(changes)
         self.events.append(event)
-        return event
 
     def add_children(self, parent: int, children: list[dict[str, Any]], message: str,
                      token_ids: list[list[int]] | None = None, stage: str | None = None) -> list[int]:
@@ -173,11 +205,8 @@ class SearchTree:
 
     def set_scores(self, step_scores: dict[int, float], message: str) -> None:
         """Record step scores; each node's path scores are aggregated from its ancestors' scores."""
-        updates: dict[int, dict[str, Any]] = {}
-        for node_id, score in step_scores.items():
-            scores = [n.step_score for n in self.path(node_id)[1:-1] if n.step_score is not None] + [score]
-            updates[node_id] = {"step_score": float(score),
-                                "path_score": {how: aggregate(scores, how) for how in AGGREGATIONS}}
+        updates = {node_id: {"step_score": float(score), "path_score": self._path_scores_with(node_id, score)}
+                   for node_id, score in step_scores.items()}
         self._emit("scored", message, updates=updates)
 
     def prune(self, reasons: dict[int, str], message: str) -> None:
@@ -226,6 +255,11 @@ class SearchTree:
         rebuilt = {n.id: asdict(n) for n in tree.nodes()}
         if saved != rebuilt:
             raise TreeFormatError("the node list does not match what the event log builds")
+        for n in tree.nodes():  # recorded path scores are read as they are: they must follow from the steps'
+            if n.step_score is not None and n.path_score is not None:
+                derived = tree._path_scores_with(n.id, n.step_score)
+                if any(abs(n.path_score[how] - derived[how]) > 1e-9 for how in AGGREGATIONS):
+                    raise TreeFormatError(f"node {n.id}'s path scores do not follow from its path's step scores")
         chosen = (tree.run.get("selection") or {}).get("node_id")
         if chosen is not None and chosen not in tree.graph:
             raise TreeFormatError(f"the selection names node {chosen}, which is not in the tree")
@@ -373,23 +407,5 @@ def replay(events: list[Event], upto: int, run: dict[str, Any] | None = None) ->
     tree = SearchTree.__new__(SearchTree)
     tree.graph, tree.events, tree.token_ids, tree.run = nx.DiGraph(), [], {}, dict(run or {})
     for event in events[: max(0, upto) + 1]:
-        for d in event.new_nodes:
-            node = Node(**d)
-            if node.parent is not None and node.parent not in tree.graph:
-                raise TreeFormatError(f"node {node.id} names a parent {node.parent} that does not exist")
-            if node.id in tree.graph:
-                raise TreeFormatError(f"node {node.id} is created twice")
-            expected = 0 if node.parent is None else tree.node(node.parent).depth + 1
-            if node.depth != expected or (node.parent is None and tree.graph):
-                raise TreeFormatError(f"node {node.id} has depth {node.depth}, but its place in the tree says {expected}")
-            tree.graph.add_node(node.id, node=node)
-            if node.parent is not None:
-                tree.graph.add_edge(node.parent, node.id)
-        for node_id, changes in event.updates.items():
-            if node_id not in tree.graph:
-                raise TreeFormatError(f"event {event.index} updates node {node_id}, which does not exist")
-            node = tree.node(node_id)
-            for key, value in changes.items():
-                setattr(node, key, value)
-        tree.events.append(event)
+        tree._apply(event)
     return tree

@@ -44,6 +44,25 @@ def test_invariants_and_path_scores():
     assert t.steps(3) == ["3 * 4 = 12", "2 + 12 = 14\n\\boxed{14}"]
 
 
+def test_path_scores_have_one_source_the_record(monkeypatch):
+    """Strategies and selection read the path score recorded at scoring time, and a file whose recorded
+    path scores do not follow from its step scores is refused rather than read two ways."""
+    t = small_tree()
+    assert t.path_score(3, "prod") == t.node(3).path_score["prod"] == pytest.approx(0.72)
+    assert t.path_score(6, "min") == t.path_score(2, "min") == pytest.approx(0.2)  # node 6 never scored
+    assert t.path_score(0) == 0.0
+    t.node(3).path_score["last"] = 0.123  # the record is what is read, not a recomputation
+    assert t.path_score(3) == 0.123
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        t.path_score(3, "max")
+    data = json.loads(small_tree().dumps())
+    for record in [n for n in data["nodes"] if n["id"] == 3] + [
+            u for e in data["events"] for k, u in e["updates"].items() if k == "3" and "path_score" in u]:
+        record["path_score"]["min"] = 0.01
+    with pytest.raises(TreeFormatError, match="path scores do not follow"):
+        SearchTree.from_json(data)
+
+
 def test_json_round_trip_is_exact():
     t = small_tree()
     t.select_path(3, "chosen")

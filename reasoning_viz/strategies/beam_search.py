@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..search import SearchContext
-from ..select import Selection, best_score, path_score
+from ..select import Selection, best_score
 from ..tree import SearchTree
 from .base import StrategyParams, positive
 
@@ -42,7 +42,7 @@ def beam_search(ctx: SearchContext, p: BeamSearchParams, stage: str | None = Non
         active = [c for c in candidates if ctx.tree.node(c).status == "open"]
         if finished >= p.n or not active:
             return
-        ranked = sorted(active, key=lambda c: (-path_score(ctx.tree, c, p.aggregation), c))
+        ranked = sorted(active, key=lambda c: (-ctx.tree.path_score(c, p.aggregation), c))
         survivors, cut = ranked[:keep], ranked[keep:]
         if cut:
             ctx.tree.prune({c: f"rank {r} of {len(active)}, beam keeps {keep}"

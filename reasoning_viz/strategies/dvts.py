@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..search import SearchContext
-from ..select import Selection, best_score, path_score
+from ..select import Selection, best_score
 from ..tree import SearchTree
 from .base import positive
 from .beam_search import BeamSearchParams
@@ -32,7 +32,7 @@ def run(ctx: SearchContext, p: DVTSParams) -> None:
         for g, group in enumerate(groups):
             if not group:
                 continue
-            ranked = sorted(group, key=lambda c: (-path_score(ctx.tree, c, p.aggregation), c))
+            ranked = sorted(group, key=lambda c: (-ctx.tree.path_score(c, p.aggregation), c))
             best, cut = ranked[0], ranked[1:]
             if cut:
                 ctx.tree.prune({c: f"subtree {g + 1}: rank {r} of {len(group)}, DVTS keeps the best"

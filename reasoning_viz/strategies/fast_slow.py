@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..search import SearchContext
-from ..select import Selection, path_score, shortest_confident
+from ..select import Selection, shortest_confident
 from ..tree import SearchTree
 from .base import positive, sample_chains
 from .beam_search import BeamSearchParams, beam_search
@@ -36,7 +36,7 @@ def run(ctx: SearchContext, p: FastSlowParams) -> None:
     tree.note("stage", f"Fast: one greedy answer within {p.fast_max_tokens} tokens")
     leaf = sample_chains(ctx, 1, p, temperature=0.0, stage="fast", max_tokens=p.fast_max_tokens)[0]
     node = tree.node(leaf)
-    score = path_score(tree, leaf, p.aggregation)
+    score = tree.path_score(leaf, p.aggregation)
     passed = node.status == "terminal" and node.answer is not None and score >= p.threshold
     verdict = "passes" if passed else "fails"
     tree.note("stage", f"Verify: the fast path's {p.aggregation} score {score:.3f} {verdict} the threshold "

@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 from reasoning_viz import service  # noqa: E402
 from reasoning_viz.models.engine import EngineError  # noqa: E402
@@ -386,220 +387,261 @@ def compare_summary(rows: list[list]) -> str:
 
 
 def build_app() -> gr.Blocks:
+    """The page: a header, then one function per view (each lays out its tab and wires its events)."""
     examples = service.example_problems()
     ttl = service.LIMITS.file_ttl_seconds  # Gradio's copies of downloads and uploads are deleted after this
     with gr.Blocks(title="Reasoning Tree Explorer", delete_cache=(ttl, ttl)) as demo:
-        with gr.Row(equal_height=True):
-            gr.Markdown("## 🌳 Reasoning Tree Explorer\nWatch a small model search for an answer step by step: every "
-                        "step, its score from a process reward model (PRM), and every branch kept or pruned.",
-                        elem_id="header")
-            projector = gr.Checkbox(False, label="Projector mode", info="Large text, strong contrast",
-                                    elem_id="projector", scale=0, min_width=160)
-        tree_state = gr.State(None, time_to_live=service.LIMITS.file_ttl_seconds)
+        header()
         with gr.Tab("Explore"):
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=1, min_width=300, elem_id="controls"):  # what to ask and how: the top
-                    with gr.Column(elem_id="controls-top"):  # on a phone: above the tree
-                        question = gr.Textbox(label="Question", lines=3, placeholder="Ask an arithmetic word problem…",
-                                              elem_id="question")
-                        example = gr.Dropdown([label for label, _, _ in examples], value=None, elem_id="example",
-                                              label="Example problems (level 1 easy … 6 hard, with gold answers)")
-                        with gr.Row():
-                            strategy = gr.Dropdown([(s.title, s.name) for s in STRATEGIES.values()], value="beam_search",
-                                                   label="Strategy", elem_id="strategy", min_width=140)
-                            preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models", min_width=140)
-                        with gr.Row():
-                            run_btn = gr.Button("Run", variant="primary", elem_id="run", min_width=80)
-                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", min_width=80)
-                        stop_note = gr.Markdown()
-                    with gr.Column(elem_id="controls-more"):  # on a phone: below the tree
-                        about = gr.Markdown(STRATEGIES["beam_search"].summary, elem_id="strategy-about")
-                        with gr.Accordion("Settings (the strategy's hyperparameters, seed, gold answer)", open=False):
-                            gold = gr.Textbox(label="Gold answer (optional)", placeholder="e.g. 42: marks answers ✓/✗",
-                                              elem_id="gold")
-                            groups, widgets, temperature_widgets = {}, [], []
-                            for s in STRATEGIES.values():
-                                with gr.Group(visible=s.name == "beam_search") as group:
-                                    for f in dataclasses.fields(s.params):
-                                        label, info = FIELD_UI[f.name]
-                                        if f.name in CHOICES:
-                                            w = gr.Dropdown(CHOICES[f.name], value=f.default, label=label, info=info)
-                                        elif isinstance(f.default, bool):
-                                            w = gr.Checkbox(value=f.default, label=label, info=info)
-                                        elif f.name == "temperature":  # follows the model preset (see below)
-                                            w = gr.Number(value=PRESETS[DEFAULT_PRESET].temperature, label=label, info=info)
-                                            temperature_widgets.append(w)
-                                        else:
-                                            w = gr.Number(value=f.default, label=label, info=info,
-                                                          precision=0 if isinstance(f.default, int) else None)
-                                        widgets.append(w)
-                                groups[s.name] = group
-                            seed = gr.Number(value=0, precision=0, label="Seed", info="The same seed gives the same tree.")
-                        with gr.Accordion("Budget", open=False):
-                            max_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
-                            max_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
-                            max_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
-                        with gr.Accordion("Custom models (ids the host allows)", open=False):
-                            custom_policy = gr.Textbox(label="Policy: hub id or local path", placeholder="leave empty to use the preset")
-                            scorer_kind = gr.Dropdown(list(SCORER_KINDS), value="llm-judge", label="Scorer format")
-                            custom_scorer = gr.Textbox(label="Scorer: hub id or local path",
-                                                       placeholder="empty: the policy judges itself (llm-judge)")
-                        with gr.Accordion("Open a recorded run (no model needed)", open=False):
-                            gallery = gr.Dropdown(list(service.gallery_runs()), label="Gallery", value=None, elem_id="gallery")
-                            upload = gr.File(label="Upload a tree JSON", file_types=[".json"], type="filepath")
-                        params_json = gr.Textbox(visible=False)
-                        run_name = gr.Textbox("", visible=False)  # API callers name runs to stop one of several
-                with gr.Column(scale=2, min_width=340, elem_id="tree-column"):  # the tree, beside the controls
-                    progress = gr.Markdown("Pick an example or type a question, then press Run.",
-                                           elem_classes="rv-progress", elem_id="progress")
-                    plot = gr.Plot(label="Search tree", show_label=False, elem_id="tree-plot")
-                    fold = gr.Checkbox(False, label="Fold pruned branches (one '+12 pruned' marker each)", elem_id="fold")
-                    bridge = gr.HTML(value="", html_template="<span class='rv-clicked'>${value ? 'Clicked node ' + value : "
-                                     "'Click a node to read its path in the inspector.'}</span>",
-                                     js_on_load=BRIDGE_JS, elem_id="node-bridge")
-                with gr.Column(scale=1, min_width=300, elem_id="inspector-column"):  # next to the tree
-                    answer = gr.Markdown(elem_id="answer")
-                    with gr.Accordion("What am I looking at?", open=False, elem_id="explain-box"):
-                        explain = gr.Markdown("Run a search or open a recorded run: this panel then explains "
-                                              "the tree in front of you.", elem_id="explain")
-                    with gr.Accordion("Inspector: the path to a node", open=True, elem_id="inspector-box"):
-                        node_pick = gr.Number(label="Node id", precision=0, value=0, elem_id="node-id")
-                        inspector = gr.Markdown("_Click a node in the tree (or pick one in the tables)._",
-                                                latex_delimiters=LATEX, elem_id="inspector")
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=3):
-                    with gr.Accordion("How the answer was chosen: every finished path, ranked", open=True,
-                                      elem_id="candidates-box"):
-                        candidates_caption = gr.Markdown(elem_id="candidates-caption")
-                        candidates = gr.Dataframe(headers=CANDIDATE_COLUMNS, interactive=False, wrap=True,
-                                                  elem_id="candidates", max_height=320)
-                        with gr.Row(equal_height=True, elem_id="rejudge-row"):
-                            judge_rule = gr.Dropdown([(title, key) for key, title in RULE_TITLES.items()],
-                                                     value="majority", label="What if another rule chose?",
-                                                     elem_id="judge-rule", min_width=160)
-                            judge_aggregation = gr.Dropdown(list(AGGREGATIONS), value="last", min_width=120,
-                                                            label="Path score (for scores)", elem_id="judge-aggregation")
-                            judge_btn = gr.Button("Re-judge (no model call)", elem_id="rejudge", min_width=120)
-                with gr.Column(scale=2):
-                    votes = gr.Plot(label="Votes (or confidence) per answer", elem_id="votes")
-            with gr.Accordion("Icicle view, for big trees: each step a block under its parent; click one to zoom into "
-                              "its subtree", open=False, elem_id="icicle-box"):
-                icicle = gr.Plot(label="Icicle", show_label=False, elem_id="icicle")
-            with gr.Accordion("Replay: play the search back, event by event", open=False, elem_id="replay-box"):
-                with gr.Row():
-                    play_btn = gr.Button("Play", elem_id="play", min_width=80)
-                    speed = gr.Dropdown([("slow (1 s an event)", 1.0), ("normal (0.5 s)", 0.5), ("fast (0.2 s)", 0.2)],
-                                        value=0.5, label="Speed", min_width=160)
-                    event_slider = gr.Slider(0, 1, value=0, step=1, label="Event", interactive=False,
-                                             elem_id="event-slider", scale=3)
-                event_text = gr.Markdown(elem_id="event-text")
-                replay_plot = gr.Plot(label="The tree after this event", show_label=False, elem_id="replay-plot")
-                gr.Markdown("Each frame draws the nodes where the finished tree has them, so nothing jumps.")
-                timer = gr.Timer(0.5, active=False)
-                playing = gr.State(False)
-            with gr.Accordion("All nodes", open=False):
-                table = gr.Dataframe(headers=NODE_COLUMNS, interactive=False, wrap=True)
-            with gr.Row():
-                tree_file = gr.File(label="Tree JSON (download)", interactive=False)
-                html_btn = gr.Button("Make standalone HTML")
-                html_file = gr.File(label="Standalone HTML (opens offline)", interactive=False)
-            with gr.Row():
-                training_btn = gr.Button("Make training data: SFT paths + Stream-of-Search trace", elem_id="training")
-                training_files = gr.File(label="SFT JSONL, trace text, trace JSONL", file_count="multiple",
-                                         interactive=False, elem_id="training-files")
+            explore = explore_layout(examples)
+            wire_explore(explore)
         with gr.Tab("Compare"):
-            with gr.Row():
-                c_question = gr.Textbox(label="Question", lines=3, scale=3, elem_id="c-question")
-                with gr.Column(scale=1):
-                    c_example = gr.Dropdown([label for label, _, _ in examples], value=None, label="Example problems",
-                                            elem_id="c-example")
-                    c_gold = gr.Textbox(label="Gold answer (optional)")
-            c_strategies = gr.CheckboxGroup([(s.title, s.name) for s in STRATEGIES.values()],
-                                            value=["self_consistency", "beam_search"], label="Strategies (2-4)",
-                                            elem_id="c-strategies")
-            with gr.Row():
-                c_preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models")
-                c_seed = gr.Number(value=0, precision=0, label="Seed")
-                c_n = gr.Number(value=8, precision=0, label="N (where a strategy has one)")
-                c_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
-                c_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
-                c_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
-            with gr.Row():
-                c_btn = gr.Button("Compare", variant="primary", elem_id="c-run")
-                c_stop = gr.Button("Stop", variant="stop")
-            c_progress = gr.Markdown(elem_id="c-progress")
-            c_table = gr.Dataframe(headers=["strategy", "answer", "correct", "nodes", "policy tokens", "PRM tokens",
-                                            "seconds", "stopped"], interactive=False)
-            with gr.Row():
-                c_plots = [gr.Plot(visible=False, show_label=False, elem_id=f"c-plot-{i}") for i in range(2)]
-            with gr.Row():
-                c_plots += [gr.Plot(visible=False, show_label=False, elem_id=f"c-plot-{i}") for i in range(2, 4)]
+            compare_view(examples, explore.run_name)
         with gr.Tab("About the strategies"):
-            gr.Markdown("Every strategy spends more compute at answer time in its own way. What each does, when it "
-                        "helps, and where it comes from:\n\n" + "\n\n".join(
-                            f"**{s.title}** — {s.summary} *When it helps:* {s.helps} [{s.paper}]({s.link})"
-                            for s in STRATEGIES.values()), elem_id="about")
+            strategies_view()
         with gr.Tab("The bundled models"):
-            gr.Markdown("Three small models trained for this app, the shape of real test-time search in miniature: "
-                        "a small **student** that errs (the default policy), a **larger model** of the same domain, "
-                        "and a **PRM** built on the larger model's layers that checks the student's steps. "
-                        "Each card says what the model was trained on, what it cannot do, and how it measures.")
-            for name, card in service.model_cards():
-                with gr.Accordion(name, open=False):
-                    gr.Markdown(card, latex_delimiters=LATEX)
-
-        # ---- wiring -----------------------------------------------------------------------
-        def show_strategy(name):
-            known = isinstance(name, str) and name in STRATEGIES
-            return [gr.Group(visible=n == name) for n in groups] + [STRATEGIES[name].summary if known else ""]
-
-        strategy.change(show_strategy, strategy, [*groups.values(), about], api_visibility="private", queue=False)
-        def preset_temperature(name):
-            known = isinstance(name, str) and name in PRESETS
-            return [PRESETS[name].temperature if known else gr.skip()] * len(temperature_widgets)
-
-        preset.change(preset_temperature, preset, temperature_widgets, api_visibility="private", queue=False)
-        tree_outputs = [plot, progress, answer, votes, table, event_slider, event_text, tree_file, tree_state,
-                        candidates_caption, candidates, explain, icicle]
-        filled = [question, gold, strategy, seed, *widgets]
-        run_inputs = [question, gold, strategy, preset, seed, params_json, max_nodes, max_tokens, max_seconds,
-                      custom_policy, scorer_kind, custom_scorer, run_name]
-        # preprocess=False: the functions validate raw values themselves, so that a hostile value gets
-        # their sentence rather than Gradio's opaque "could not preprocess" (only the upload keeps it)
-        raw = dict(preprocess=False)
-        example.input(load_example, example, [question, gold], api_visibility="private", queue=False, **raw)
-        run_event = run_btn.click(collect_params, [strategy, *widgets], params_json, api_visibility="private",
-                                  queue=False, **raw).then(run, run_inputs, tree_outputs, api_name="run", **raw,
-                                                    concurrency_id="model", concurrency_limit=service.queue_concurrency())
-        question.submit(collect_params, [strategy, *widgets], params_json, api_visibility="private", queue=False,
-                        **raw).then(run, run_inputs, tree_outputs, api_visibility="private", concurrency_id="model", **raw)
-        stop_btn.click(stop, run_name, stop_note, api_name="stop", queue=False, **raw)
-        run_event.then(lambda: "", None, stop_note, api_visibility="private", queue=False)
-        inspected = [inspector, node_pick, plot]
-        node_pick.submit(inspect, [node_pick, tree_state, fold], inspected, api_name="inspect", **raw)
-        bridge.click(inspect, [bridge, tree_state, fold], inspected, api_name="inspect_click", **raw,
-                     api_visibility="private")
-        fold.change(redraw, [fold, tree_state], plot, api_visibility="private", **raw)
-        run_event.then(redraw, [fold, tree_state], plot, api_visibility="private", **raw)
-        table.select(pick_row, tree_state, inspected, api_visibility="private", **raw)
-        candidates.select(pick_candidate, tree_state, inspected, api_visibility="private", **raw)
-        event_slider.release(replay_to, [event_slider, tree_state], [replay_plot, event_text], api_name="replay", **raw)
-        play_btn.click(toggle_play, [playing, speed, event_slider, tree_state], [playing, timer, play_btn, event_slider],
-                       api_visibility="private", queue=False, **raw)
-        timer.tick(play_step, [event_slider, tree_state], [event_slider, replay_plot, event_text, timer, playing,
-                                                          play_btn], api_visibility="private", show_progress="hidden",
-                   **raw)
-        upload.upload(load_file, upload, tree_outputs + filled, api_name="import_tree")
-        gallery.input(load_gallery, gallery, tree_outputs + filled, api_name="gallery", **raw)
-        html_btn.click(make_html, tree_state, html_file, api_name="export_html", **raw)
-        training_btn.click(make_training, tree_state, training_files, api_name="export_training", **raw)
-        judge_btn.click(rejudge, [judge_rule, judge_aggregation, tree_state], tree_outputs, api_name="rejudge", **raw)
-        projector.change(None, projector, None, js="(on) => { document.body.classList.toggle('rv-projector', on); }")
-        c_example.input(load_example, c_example, [c_question, c_gold], api_visibility="private", queue=False, **raw)
-        c_btn.click(compare, [c_question, c_gold, c_strategies, c_preset, c_seed, c_n, c_nodes, c_tokens, c_seconds],
-                    [*c_plots, c_table, c_progress], api_name="compare", concurrency_id="model", **raw)
-        c_stop.click(stop, run_name, c_progress, api_visibility="private", queue=False, **raw)
+            models_view()
     return demo
+
+
+def header() -> None:
+    """The title and the projector switch (large text, strong contrast, for a classroom)."""
+    with gr.Row(equal_height=True):
+        gr.Markdown("## 🌳 Reasoning Tree Explorer\nWatch a small model search for an answer step by step: every "
+                    "step, its score from a process reward model (PRM), and every branch kept or pruned.",
+                    elem_id="header")
+        projector = gr.Checkbox(False, label="Projector mode", info="Large text, strong contrast",
+                                elem_id="projector", scale=0, min_width=160)
+    projector.change(None, projector, None, js="(on) => { document.body.classList.toggle('rv-projector', on); }")
+
+
+def explore_layout(examples: list) -> SimpleNamespace:
+    """The Explore view: controls at the top left, the tree beside them, the inspector next to it; below,
+    how the answer was chosen, the icicle, replay, every node and the downloads. Returns every component
+    by name, for ``wire_explore``."""
+    tree_state = gr.State(None, time_to_live=service.LIMITS.file_ttl_seconds)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300, elem_id="controls"):  # what to ask and how: the top
+            with gr.Column(elem_id="controls-top"):  # on a phone: above the tree
+                question = gr.Textbox(label="Question", lines=3, placeholder="Ask an arithmetic word problem…",
+                                      elem_id="question")
+                example = gr.Dropdown([label for label, _, _ in examples], value=None, elem_id="example",
+                                      label="Example problems (level 1 easy … 6 hard, with gold answers)")
+                with gr.Row():
+                    strategy = gr.Dropdown([(s.title, s.name) for s in STRATEGIES.values()], value="beam_search",
+                                           label="Strategy", elem_id="strategy", min_width=140)
+                    preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models", min_width=140)
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id="run", min_width=80)
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", min_width=80)
+                stop_note = gr.Markdown()
+            with gr.Column(elem_id="controls-more"):  # on a phone: below the tree
+                about = gr.Markdown(STRATEGIES["beam_search"].summary, elem_id="strategy-about")
+                with gr.Accordion("Settings (the strategy's hyperparameters, seed, gold answer)", open=False):
+                    gold = gr.Textbox(label="Gold answer (optional)", placeholder="e.g. 42: marks answers ✓/✗",
+                                      elem_id="gold")
+                    groups, widgets, temperature_widgets = {}, [], []
+                    for s in STRATEGIES.values():
+                        with gr.Group(visible=s.name == "beam_search") as group:
+                            for f in dataclasses.fields(s.params):
+                                label, info = FIELD_UI[f.name]
+                                if f.name in CHOICES:
+                                    w = gr.Dropdown(CHOICES[f.name], value=f.default, label=label, info=info)
+                                elif isinstance(f.default, bool):
+                                    w = gr.Checkbox(value=f.default, label=label, info=info)
+                                elif f.name == "temperature":  # follows the model preset (see below)
+                                    w = gr.Number(value=PRESETS[DEFAULT_PRESET].temperature, label=label, info=info)
+                                    temperature_widgets.append(w)
+                                else:
+                                    w = gr.Number(value=f.default, label=label, info=info,
+                                                  precision=0 if isinstance(f.default, int) else None)
+                                widgets.append(w)
+                        groups[s.name] = group
+                    seed = gr.Number(value=0, precision=0, label="Seed", info="The same seed gives the same tree.")
+                with gr.Accordion("Budget", open=False):
+                    max_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
+                    max_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
+                    max_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
+                with gr.Accordion("Custom models (ids the host allows)", open=False):
+                    custom_policy = gr.Textbox(label="Policy: hub id or local path",
+                                               placeholder="leave empty to use the preset")
+                    scorer_kind = gr.Dropdown(list(SCORER_KINDS), value="llm-judge", label="Scorer format")
+                    custom_scorer = gr.Textbox(label="Scorer: hub id or local path",
+                                               placeholder="empty: the policy judges itself (llm-judge)")
+                with gr.Accordion("Open a recorded run (no model needed)", open=False):
+                    gallery = gr.Dropdown(list(service.gallery_runs()), label="Gallery", value=None, elem_id="gallery")
+                    upload = gr.File(label="Upload a tree JSON", file_types=[".json"], type="filepath")
+                params_json = gr.Textbox(visible=False)
+                run_name = gr.Textbox("", visible=False)  # API callers name runs to stop one of several
+        with gr.Column(scale=2, min_width=340, elem_id="tree-column"):  # the tree, beside the controls
+            progress = gr.Markdown("Pick an example or type a question, then press Run.",
+                                   elem_classes="rv-progress", elem_id="progress")
+            plot = gr.Plot(label="Search tree", show_label=False, elem_id="tree-plot")
+            fold = gr.Checkbox(False, label="Fold pruned branches (one '+12 pruned' marker each)", elem_id="fold")
+            bridge = gr.HTML(value="", html_template="<span class='rv-clicked'>${value ? 'Clicked node ' + value : "
+                             "'Click a node to read its path in the inspector.'}</span>",
+                             js_on_load=BRIDGE_JS, elem_id="node-bridge")
+        with gr.Column(scale=1, min_width=300, elem_id="inspector-column"):  # next to the tree
+            answer = gr.Markdown(elem_id="answer")
+            with gr.Accordion("What am I looking at?", open=False, elem_id="explain-box"):
+                explain = gr.Markdown("Run a search or open a recorded run: this panel then explains "
+                                      "the tree in front of you.", elem_id="explain")
+            with gr.Accordion("Inspector: the path to a node", open=True, elem_id="inspector-box"):
+                node_pick = gr.Number(label="Node id", precision=0, value=0, elem_id="node-id")
+                inspector = gr.Markdown("_Click a node in the tree (or pick one in the tables)._",
+                                        latex_delimiters=LATEX, elem_id="inspector")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            with gr.Accordion("How the answer was chosen: every finished path, ranked", open=True,
+                              elem_id="candidates-box"):
+                candidates_caption = gr.Markdown(elem_id="candidates-caption")
+                candidates = gr.Dataframe(headers=CANDIDATE_COLUMNS, interactive=False, wrap=True,
+                                          elem_id="candidates", max_height=320)
+                with gr.Row(equal_height=True, elem_id="rejudge-row"):
+                    judge_rule = gr.Dropdown([(title, key) for key, title in RULE_TITLES.items()],
+                                             value="majority", label="What if another rule chose?",
+                                             elem_id="judge-rule", min_width=160)
+                    judge_aggregation = gr.Dropdown(list(AGGREGATIONS), value="last", min_width=120,
+                                                    label="Path score (for scores)", elem_id="judge-aggregation")
+                    judge_btn = gr.Button("Re-judge (no model call)", elem_id="rejudge", min_width=120)
+        with gr.Column(scale=2):
+            votes = gr.Plot(label="Votes (or confidence) per answer", elem_id="votes")
+    with gr.Accordion("Icicle view, for big trees: each step a block under its parent; click one to zoom into "
+                      "its subtree", open=False, elem_id="icicle-box"):
+        icicle = gr.Plot(label="Icicle", show_label=False, elem_id="icicle")
+    with gr.Accordion("Replay: play the search back, event by event", open=False, elem_id="replay-box"):
+        with gr.Row():
+            play_btn = gr.Button("Play", elem_id="play", min_width=80)
+            speed = gr.Dropdown([("slow (1 s an event)", 1.0), ("normal (0.5 s)", 0.5), ("fast (0.2 s)", 0.2)],
+                                value=0.5, label="Speed", min_width=160)
+            event_slider = gr.Slider(0, 1, value=0, step=1, label="Event", interactive=False,
+                                     elem_id="event-slider", scale=3)
+        event_text = gr.Markdown(elem_id="event-text")
+        replay_plot = gr.Plot(label="The tree after this event", show_label=False, elem_id="replay-plot")
+        gr.Markdown("Each frame draws the nodes where the finished tree has them, so nothing jumps.")
+        timer = gr.Timer(0.5, active=False)
+        playing = gr.State(False)
+    with gr.Accordion("All nodes", open=False):
+        table = gr.Dataframe(headers=NODE_COLUMNS, interactive=False, wrap=True)
+    with gr.Row():
+        tree_file = gr.File(label="Tree JSON (download)", interactive=False)
+        html_btn = gr.Button("Make standalone HTML")
+        html_file = gr.File(label="Standalone HTML (opens offline)", interactive=False)
+    with gr.Row():
+        training_btn = gr.Button("Make training data: SFT paths + Stream-of-Search trace", elem_id="training")
+        training_files = gr.File(label="SFT JSONL, trace text, trace JSONL", file_count="multiple",
+                                 interactive=False, elem_id="training-files")
+    return SimpleNamespace(**{name: value for name, value in locals().items() if name != "examples"})
+
+
+def wire_explore(ui: SimpleNamespace) -> None:
+    """The Explore view's events: run and stop, inspect a node, fold, replay, open and export runs, re-judge."""
+    def show_strategy(name):
+        known = isinstance(name, str) and name in STRATEGIES
+        return [gr.Group(visible=n == name) for n in ui.groups] + [STRATEGIES[name].summary if known else ""]
+
+    ui.strategy.change(show_strategy, ui.strategy, [*ui.groups.values(), ui.about], api_visibility="private",
+                       queue=False)
+
+    def preset_temperature(name):
+        known = isinstance(name, str) and name in PRESETS
+        return [PRESETS[name].temperature if known else gr.skip()] * len(ui.temperature_widgets)
+
+    ui.preset.change(preset_temperature, ui.preset, ui.temperature_widgets, api_visibility="private", queue=False)
+    tree_outputs = [ui.plot, ui.progress, ui.answer, ui.votes, ui.table, ui.event_slider, ui.event_text,
+                    ui.tree_file, ui.tree_state, ui.candidates_caption, ui.candidates, ui.explain, ui.icicle]
+    filled = [ui.question, ui.gold, ui.strategy, ui.seed, *ui.widgets]
+    run_inputs = [ui.question, ui.gold, ui.strategy, ui.preset, ui.seed, ui.params_json, ui.max_nodes,
+                  ui.max_tokens, ui.max_seconds, ui.custom_policy, ui.scorer_kind, ui.custom_scorer, ui.run_name]
+    # preprocess=False: the functions validate raw values themselves, so that a hostile value gets
+    # their sentence rather than Gradio's opaque "could not preprocess" (only the upload keeps it)
+    raw = dict(preprocess=False)
+    ui.example.input(load_example, ui.example, [ui.question, ui.gold], api_visibility="private", queue=False, **raw)
+    run_event = ui.run_btn.click(collect_params, [ui.strategy, *ui.widgets], ui.params_json, api_visibility="private",
+                                 queue=False, **raw).then(run, run_inputs, tree_outputs, api_name="run", **raw,
+                                                          concurrency_id="model",
+                                                          concurrency_limit=service.queue_concurrency())
+    ui.question.submit(collect_params, [ui.strategy, *ui.widgets], ui.params_json, api_visibility="private",
+                       queue=False, **raw).then(run, run_inputs, tree_outputs, api_visibility="private",
+                                                concurrency_id="model", **raw)
+    ui.stop_btn.click(stop, ui.run_name, ui.stop_note, api_name="stop", queue=False, **raw)
+    run_event.then(lambda: "", None, ui.stop_note, api_visibility="private", queue=False)
+    inspected = [ui.inspector, ui.node_pick, ui.plot]
+    ui.node_pick.submit(inspect, [ui.node_pick, ui.tree_state, ui.fold], inspected, api_name="inspect", **raw)
+    ui.bridge.click(inspect, [ui.bridge, ui.tree_state, ui.fold], inspected, api_name="inspect_click", **raw,
+                    api_visibility="private")
+    ui.fold.change(redraw, [ui.fold, ui.tree_state], ui.plot, api_visibility="private", **raw)
+    run_event.then(redraw, [ui.fold, ui.tree_state], ui.plot, api_visibility="private", **raw)
+    ui.table.select(pick_row, ui.tree_state, inspected, api_visibility="private", **raw)
+    ui.candidates.select(pick_candidate, ui.tree_state, inspected, api_visibility="private", **raw)
+    ui.event_slider.release(replay_to, [ui.event_slider, ui.tree_state], [ui.replay_plot, ui.event_text],
+                            api_name="replay", **raw)
+    ui.play_btn.click(toggle_play, [ui.playing, ui.speed, ui.event_slider, ui.tree_state],
+                      [ui.playing, ui.timer, ui.play_btn, ui.event_slider], api_visibility="private", queue=False,
+                      **raw)
+    ui.timer.tick(play_step, [ui.event_slider, ui.tree_state],
+                  [ui.event_slider, ui.replay_plot, ui.event_text, ui.timer, ui.playing, ui.play_btn],
+                  api_visibility="private", show_progress="hidden", **raw)
+    ui.upload.upload(load_file, ui.upload, tree_outputs + filled, api_name="import_tree")
+    ui.gallery.input(load_gallery, ui.gallery, tree_outputs + filled, api_name="gallery", **raw)
+    ui.html_btn.click(make_html, ui.tree_state, ui.html_file, api_name="export_html", **raw)
+    ui.training_btn.click(make_training, ui.tree_state, ui.training_files, api_name="export_training", **raw)
+    ui.judge_btn.click(rejudge, [ui.judge_rule, ui.judge_aggregation, ui.tree_state], tree_outputs,
+                       api_name="rejudge", **raw)
+
+
+def compare_view(examples: list, run_name: gr.Textbox) -> None:
+    """The Compare view: one question, 2-4 strategies side by side, with their trees and a table."""
+    with gr.Row():
+        c_question = gr.Textbox(label="Question", lines=3, scale=3, elem_id="c-question")
+        with gr.Column(scale=1):
+            c_example = gr.Dropdown([label for label, _, _ in examples], value=None, label="Example problems",
+                                    elem_id="c-example")
+            c_gold = gr.Textbox(label="Gold answer (optional)")
+    c_strategies = gr.CheckboxGroup([(s.title, s.name) for s in STRATEGIES.values()],
+                                    value=["self_consistency", "beam_search"], label="Strategies (2-4)",
+                                    elem_id="c-strategies")
+    with gr.Row():
+        c_preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models")
+        c_seed = gr.Number(value=0, precision=0, label="Seed")
+        c_n = gr.Number(value=8, precision=0, label="N (where a strategy has one)")
+        c_nodes = gr.Number(value=service.LIMITS.max_nodes, precision=0, label="Max nodes")
+        c_tokens = gr.Number(value=service.LIMITS.max_tokens, precision=0, label="Max tokens")
+        c_seconds = gr.Number(value=service.LIMITS.max_seconds, label="Max seconds")
+    with gr.Row():
+        c_btn = gr.Button("Compare", variant="primary", elem_id="c-run")
+        c_stop = gr.Button("Stop", variant="stop")
+    c_progress = gr.Markdown(elem_id="c-progress")
+    c_table = gr.Dataframe(headers=["strategy", "answer", "correct", "nodes", "policy tokens", "PRM tokens",
+                                    "seconds", "stopped"], interactive=False)
+    with gr.Row():
+        c_plots = [gr.Plot(visible=False, show_label=False, elem_id=f"c-plot-{i}") for i in range(2)]
+    with gr.Row():
+        c_plots += [gr.Plot(visible=False, show_label=False, elem_id=f"c-plot-{i}") for i in range(2, 4)]
+    raw = dict(preprocess=False)  # as in the Explore view: the functions validate raw values themselves
+    c_example.input(load_example, c_example, [c_question, c_gold], api_visibility="private", queue=False, **raw)
+    c_btn.click(compare, [c_question, c_gold, c_strategies, c_preset, c_seed, c_n, c_nodes, c_tokens, c_seconds],
+                [*c_plots, c_table, c_progress], api_name="compare", concurrency_id="model", **raw)
+    c_stop.click(stop, run_name, c_progress, api_visibility="private", queue=False, **raw)
+
+
+def strategies_view() -> None:
+    """What each strategy does, when it helps, and its paper."""
+    gr.Markdown("Every strategy spends more compute at answer time in its own way. What each does, when it "
+                "helps, and where it comes from:\n\n" + "\n\n".join(
+                    f"**{s.title}** — {s.summary} *When it helps:* {s.helps} [{s.paper}]({s.link})"
+                    for s in STRATEGIES.values()), elem_id="about")
+
+
+def models_view() -> None:
+    """The bundled models' cards, readable inside the app."""
+    gr.Markdown("Three small models trained for this app, the shape of real test-time search in miniature: "
+                "a small **student** that errs (the default policy), a **larger model** of the same domain, "
+                "and a **PRM** built on the larger model's layers that checks the student's steps. "
+                "Each card says what the model was trained on, what it cannot do, and how it measures.")
+    for name, card in service.model_cards():
+        with gr.Accordion(name, open=False):
+            gr.Markdown(card, latex_delimiters=LATEX)
 
 
 PARAM_KEYS = [(s.name, f.name) for s in STRATEGIES.values() for f in dataclasses.fields(s.params)]

@@ -407,7 +407,7 @@ def build_app() -> gr.Blocks:
 def header() -> None:
     """The title and the projector switch (large text, strong contrast, for a classroom)."""
     with gr.Row(equal_height=True):
-        gr.Markdown("## 🌳 Reasoning Tree Explorer\nWatch a small model search for an answer step by step: every "
+        gr.Markdown("## Reasoning Tree Explorer\nWatch a small model search for an answer step by step: every "
                     "step, its score from a process reward model (PRM), and every branch kept or pruned.",
                     elem_id="header")
         projector = gr.Checkbox(False, label="Projector mode", info="Large text, strong contrast",

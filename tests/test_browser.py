@@ -133,8 +133,26 @@ def test_a_gallery_run_fills_the_inputs(browser, server):
     page.locator("#progress").get_by_text("done").wait_for(timeout=60_000)
     expect(page.locator("#question textarea")).to_have_value(re.compile(r"\w+"), timeout=20_000)
     expect(page.locator("#strategy input")).to_have_value(re.compile("DVTS"), timeout=20_000)
+    missing = page.evaluate(NO_GLYPH_JS)
+    assert not missing, f"drawn as an empty box (no font on this system has them): {missing}"
     assert not page.errors, page.errors
     page.close()
+
+
+# Every character of the page's text drawn on a canvas in the page's own font, against an unassigned
+# code point (the font's "no glyph" box): a character drawn the same has no font here (Debian's
+# Chromium has no emoji font, so a 🌳 in a heading was a box). Marks and format characters are skipped.
+NO_GLYPH_JS = """() => {
+  const font = getComputedStyle(document.body).fontFamily;
+  const draw = (ch) => {
+    const c = document.createElement('canvas'); c.width = 40; c.height = 40;
+    const g = c.getContext('2d'); g.font = `28px ${font}`; g.fillText(ch, 4, 30);
+    return Array.from(g.getImageData(0, 0, 40, 40).data).join(',');
+  };
+  const box = draw('\u0378');
+  const chars = [...new Set(document.body.innerText)].filter(ch => ch.codePointAt(0) > 127 && !/[\p{M}\p{Cf}\s]/u.test(ch));
+  return chars.filter(ch => draw(ch) === box);
+}"""
 
 
 def test_a_recorded_run_is_rejudged_and_turned_into_training_data(browser, server):

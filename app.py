@@ -363,17 +363,22 @@ def compare(question, gold, strategies, preset, seed, n, max_nodes, max_tokens, 
                for i in range(4)]
     rows = [[title, "…", "", "", "", "", "", "waiting"] for title in titles]
     yield (*figures, rows, f"Running {titles[0]} (1 of {len(plans)})…")
+    session = _session(request)
     for i, (name, params) in enumerate(plans):
-        tree = service.run_once(question, name, models, params, seed, budget, (gold or "").strip()[:200] or None,
-                                session=_session(request))
+        for tree, done in service.stream_search(question, name, models, params, seed, budget,
+                                                (gold or "").strip()[:200] or None, session, min_interval=1.0):
+            figures[i] = gr.Plot(value=tree_figure(tree, title=titles[i], height=420), visible=True)
+            if not done:  # the growing tree and how far it has got, as in the Explore view
+                t = tree.run.get("totals") or {}
+                yield (*figures, rows, f"Running {titles[i]} ({i + 1} of {len(plans)}): {t.get('nodes', len(tree))} "
+                                       f"nodes, {t.get('policy_tokens', 0)} policy tokens so far…")
         sel, t = tree.run["selection"], tree.run["totals"]
         node = tree.node(sel["node_id"]) if sel["node_id"] is not None else None
         correct = "" if node is None or node.correct is None else ("✓" if node.correct else "✗")
         rows[i] = [titles[i], sel["answer"] or "–", correct, t["nodes"], t["policy_tokens"], t["scorer_tokens"],
                    round(t["seconds_total"], 2), tree.run["stopped"] or ""]
-        figures[i] = gr.Plot(value=tree_figure(tree, title=titles[i], height=420), visible=True)
-        done = i + 1 == len(plans)
-        yield (*figures, rows, compare_summary(rows) if done else f"Running {titles[i + 1]} ({i + 2} of {len(plans)})…")
+        last = i + 1 == len(plans)
+        yield (*figures, rows, compare_summary(rows) if last else f"Running {titles[i + 1]} ({i + 2} of {len(plans)})…")
 
 
 def compare_summary(rows: list[list]) -> str:

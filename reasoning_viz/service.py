@@ -346,21 +346,6 @@ def stream_search(question: str, strategy: str, models: Models, params: Any, see
         _unregister(session, run_id)
 
 
-def run_once(question: str, strategy: str, models: Models, params: Any, seed: int, budget: Budget,
-             gold: str | None, session: str | None = None) -> SearchTree:
-    """A whole search without streaming (the compare view); ``cancel(session)`` stops it too."""
-    question = clean_question(question)
-    if session is None:
-        return _search(question, strategy, models, params, seed, budget, gold)
-    run_id = new_run_id()
-    cancel_event = _register(session, run_id)
-    try:
-        return _search(question, strategy, models, params, seed, budget, gold, cancel=cancel_event)
-    finally:
-        _unregister(session, run_id)
-
-
-# ---- files ------------------------------------------------------------------------------------
 class ExportFolder:
     """Where downloads are written: every file named uniquely for its run (users never receive each
     other's), at most ``max_files`` kept (the oldest removed), the folder re-made if someone deletes it.

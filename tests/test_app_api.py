@@ -1,6 +1,7 @@
 """End to end through ``gradio_client`` against the launched app."""
 
 import json
+import re
 
 import pytest
 from gradio_client import Client, handle_file
@@ -190,8 +191,12 @@ def test_malformed_upload_is_refused(client, tmp_path):
 
 
 def test_compare_runs_strategies_side_by_side(client):
-    out = client.predict(QUESTION, "14", ["self_consistency", "beam_search"], "TinyGSM student + PRM (bundled, CPU)", 0, 4,
-                         300, 20000, 60, api_name="/compare")
+    job = client.submit(QUESTION, "14", ["self_consistency", "beam_search"], "TinyGSM student + PRM (bundled, CPU)", 0,
+                        16, 300, 20000, 60, api_name="/compare")
+    out = job.result(timeout=300)
+    progress = [o[-1] for o in job.outputs()]
+    assert any(re.fullmatch(r"Running PRM beam search \(2 of 2\): \d+ nodes, \d+ policy tokens so far…", p)
+               for p in progress), progress  # the running strategy's tree grows in view, with its progress
     table, summary = out[-2], out[-1]
     rows = table.get("value", table)["data"] if isinstance(table, dict) else table
     assert [r[0] for r in rows] == ["Self-consistency vote", "PRM beam search"]

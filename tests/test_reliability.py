@@ -282,8 +282,11 @@ def test_the_model_slots_hold_for_every_caller(monkeypatch, engine):
     monkeypatch.setattr(service, "run_search", fake_search)
     backend = {"engine": "vllm", "url": "http://127.0.0.1:1"} if engine else None
     models = SimpleNamespace(generator=SimpleNamespace(describe=lambda: backend))
-    threads = [threading.Thread(target=service.run_once, args=("q", "cot", models, None, 0, Budget(), None))
-               for _ in range(6)]
+    def search(i: int) -> None:
+        for _ in service.stream_search("q", "cot", models, None, 0, Budget(), None, session=f"user-{i}"):
+            pass
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:

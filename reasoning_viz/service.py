@@ -299,8 +299,9 @@ def running_count() -> int:
 
 
 def _search(question, strategy, models, params, seed, budget, gold, **kw) -> SearchTree:
+    search = gpu_task(run_search) if models.runs_weights_here() else run_search
     with _engine_slots if models.generator.describe() is not None else _model_slots:
-        return gpu_task(run_search)(question, strategy, models, params, seed=int(seed), budget=budget, gold=gold, **kw)
+        return search(question, strategy, models, params, seed=int(seed), budget=budget, gold=gold, **kw)
 
 
 def stream_search(question: str, strategy: str, models: Models, params: Any, seed: int, budget: Budget,

@@ -22,6 +22,8 @@ from reasoning_viz.models import loading
 from reasoning_viz.render.figures import standalone_html, tree_figure, vote_figure
 from reasoning_viz.render.text import (answer_markdown, event_markdown, explain_markdown, path_markdown, plain,
                                        progress_line)
+from reasoning_viz.models.pair import Models
+from reasoning_viz.models.scorers import CalculatorChecker
 from reasoning_viz.search import SCORE_BATCH, Budget
 from reasoning_viz.strategies import run_search
 from reasoning_viz.service import make_budget
@@ -281,7 +283,7 @@ def test_the_model_slots_hold_for_every_caller(monkeypatch, engine):
 
     monkeypatch.setattr(service, "run_search", fake_search)
     backend = {"engine": "vllm", "url": "http://127.0.0.1:1"} if engine else None
-    models = SimpleNamespace(generator=SimpleNamespace(describe=lambda: backend))
+    models = Models(SimpleNamespace(describe=lambda: backend), CalculatorChecker(), "policy", "calculator")
     def search(i: int) -> None:
         for _ in service.stream_search("q", "cot", models, None, 0, Budget(), None, session=f"user-{i}"):
             pass
@@ -292,6 +294,27 @@ def test_the_model_slots_hold_for_every_caller(monkeypatch, engine):
     for t in threads:
         t.join()
     assert most[0] == (3 if engine else 1)
+
+
+def test_only_searches_that_run_weights_here_ask_for_the_gpu(monkeypatch):
+    """On a ZeroGPU Space every search used to ask for the GPU (``@spaces.GPU``), also one whose policy
+    is an engine elsewhere and whose scorer is the calculator; now only a search with weights here does."""
+    wrapped = []
+
+    def gpu_task(fn):
+        wrapped.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(service, "gpu_task", gpu_task)
+    monkeypatch.setattr(service, "run_search", lambda *args, **kwargs: small_tree())
+    engine = SimpleNamespace(describe=lambda: {"engine": "vllm", "url": "http://127.0.0.1:1"})
+    here = SimpleNamespace(describe=lambda: None)
+    prm = SimpleNamespace(model=object())  # a scorer with a model of its own
+    for generator, scorer, asks in ((engine, CalculatorChecker(), False), (engine, prm, True),
+                                    (here, CalculatorChecker(), True)):
+        wrapped.clear()
+        service._search("q", "cot", Models(generator, scorer, "p", "s"), None, 0, Budget(), None)
+        assert bool(wrapped) == asks, (generator.describe(), type(scorer).__name__)
 
 
 # ---- 3, 7, 12, 13, 14 through the running server ----------------------------------------------------

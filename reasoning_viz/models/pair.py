@@ -23,3 +23,10 @@ class Models:
     system_prompt: str | None = None
     temperature: float = DEFAULT_TEMPERATURE  # this policy's sampling temperature (a strategy may override)
     domain: str | None = None  # "tinygsm" for the bundled models: questions outside it get a warning
+
+    def runs_weights_here(self) -> bool:
+        """Whether a search with these models runs model weights in this process (on a ZeroGPU Space,
+        only such a search asks for the GPU): an in-process policy, or a scorer with a model of its own
+        (a PRM or a judge). A policy served by an engine, scored by the calculator or by the engine's
+        own probabilities or rollouts, needs no GPU here."""
+        return self.generator.describe() is None or getattr(self.scorer, "model", None) is not None

@@ -109,6 +109,7 @@ body.rv-projector #tree-plot svg text {font-size: 15px !important; fill: #000 !i
   #tree-column {order: 1}
   #controls-more {order: 2; flex: 1 1 100%}
   #inspector-column {order: 3}
+  .tab-wrapper .tab-container button {padding: 0 6px !important}  /* all four tabs fit: none behind "…" */
 }
 """
 
@@ -402,9 +403,9 @@ def build_app() -> gr.Blocks:
             wire_explore(explore)
         with gr.Tab("Compare"):
             compare_view(examples, explore.run_name)
-        with gr.Tab("About the strategies"):
+        with gr.Tab("Strategies"):
             strategies_view()
-        with gr.Tab("The bundled models"):
+        with gr.Tab("Models"):
             models_view()
     return demo
 

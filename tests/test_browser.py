@@ -178,11 +178,16 @@ def test_a_recorded_run_is_rejudged_and_turned_into_training_data(browser, serve
     page.close()
 
 
+TABS = ("Explore", "Compare", "Strategies", "Models")
+
+
 def test_phone_layout_keeps_run_and_the_tree_in_reach(browser, server, artifacts_dir):
     from playwright.sync_api import expect
 
     page = open_page(browser, server, PHONE)
     assert in_view(page, "#run") and in_view(page, "#tree-plot"), "Run and the top of the tree fit a phone screen"
+    for tab in TABS:  # none hidden behind an overflow menu: the model cards were, on a phone
+        assert page.get_by_role("tab", name=tab).is_visible(), f"the {tab!r} tab is not in view on a phone"
     pick(page, "#example", re.compile("Level 2"))
     # Run only once the example is in the box: clicked before, it runs an empty question (a CI flake)
     expect(page.locator("#question textarea")).to_have_value(re.compile("How many"), timeout=20_000)
@@ -255,7 +260,7 @@ def test_projector_mode_and_the_about_tab(browser, server):
     page.locator("#projector input").check()
     page.wait_for_timeout(300)
     assert page.evaluate("() => document.body.classList.contains('rv-projector')") and size() > before * 1.2
-    page.get_by_role("tab", name="About the strategies").click()
+    page.get_by_role("tab", name="Strategies").click()
     about = page.locator("#about")
     about.get_by_text("When it helps").first.wait_for(timeout=10_000)
     links = about.locator("a")

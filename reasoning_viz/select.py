@@ -136,6 +136,20 @@ RANKED_BY = {"majority": "votes for its answer", "weighted": "summed score of it
              "most-visited": "MCTS visits"}
 
 
+def run_aggregation(tree: SearchTree) -> str:
+    """The aggregation the run ranked its paths by (its strategy's setting), ``last`` if it had none."""
+    how = (tree.run.get("params") or {}).get("aggregation")
+    return how if how in AGGREGATIONS else "last"
+
+
+def tied_with_the_chosen(tree: SearchTree) -> set[int]:
+    """Finished nodes of *another* answer that the run's rule ranked exactly as high as the chosen one
+    (the rule then took the answer found first): what the tree marks as a tie."""
+    ranked = rank_candidates(tree, tree.run.get("selection"), run_aggregation(tree))
+    chosen = next((c.answer for c in ranked if c.chosen), None)
+    return {c.node_id for c in ranked if c.tied and c.answer != chosen}
+
+
 def rank_candidates(tree: SearchTree, selection: Selection | dict | None, aggregation: str = "last") -> list[Candidate]:
     """Every finished path, best first, ranked as the run's rule ranks them; the chosen path first among
     its answer's paths, and ``tied`` set where two different answers rank exactly alike."""

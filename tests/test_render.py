@@ -113,6 +113,28 @@ def test_candidates_are_ranked_by_the_rule_with_ties_and_weak_steps_flagged():
     assert [r[1] for r in weak] == ["20 ✗"]  # its first step scored 0.2, its last 0.95
 
 
+def test_a_tie_is_marked_in_the_tree_itself():
+    """A three-way tie of one vote each: the two answers that lost only by being found later are ringed
+    in the tie colour (and named in the legend); a clear win marks nothing."""
+    from reasoning_viz.render.figures import TIED
+    from reasoning_viz.select import best_score, majority_vote
+
+    t = small_tree()
+    t.run["selection"] = majority_vote(t).to_json()
+    t.select_path(t.run["selection"]["node_id"], "chosen")
+    fig = tree_figure(t)
+    nodes = next(tr for tr in fig.data if tr.name == "nodes")
+    ringed = {i for i, c in zip(nodes.customdata, nodes.marker.line.color) if c == TIED}
+    chosen = t.run["selection"]["node_id"]
+    assert ringed == {n.id for n in t.terminals() if n.answer != t.node(chosen).answer}
+    assert any("tied with the chosen answer" in (tr.name or "") for tr in fig.data)
+    clear = small_tree()
+    clear.run["selection"] = best_score(clear).to_json()  # 0.95 beats 0.8 and 0.3: no tie
+    fig = tree_figure(clear)
+    assert TIED not in next(tr for tr in fig.data if tr.name == "nodes").marker.line.color
+    assert not any("tied" in (tr.name or "") for tr in fig.data)
+
+
 def test_what_am_i_looking_at_tells_this_trees_numbers():
     from reasoning_viz.render.text import explain_markdown
     from reasoning_viz.select import best_score

@@ -15,7 +15,7 @@ import textwrap
 
 import plotly.graph_objects as go
 
-from ..select import Selection
+from ..select import Selection, tied_with_the_chosen
 from ..strategies import STRATEGIES
 from ..tree import SearchTree
 from .layout import tidy_layout
@@ -30,6 +30,7 @@ UNSCORED = "#9aa0a6"
 SELECTED = "#1f4fd1"
 VOTED = "#7fa3f5"  # the paths that voted for the chosen answer
 FAST = "#009e73"  # fast/slow: the fast stage's path (Okabe-Ito bluish green)
+TIED = "#e69f00"  # an answer that ranked exactly as high as the chosen one (Okabe-Ito orange)
 SYMBOLS = {"question": "square", "step": "circle", "answer": "diamond", "pruned": "x"}
 VOTE_RULES = ("majority", "weighted")
 
@@ -144,6 +145,7 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560, h
             fig.add_trace(Scatter(x=xs, y=ys, mode="lines", line=line, hoverinfo="skip", showlegend=False,
                                   name=f"{name} edges"))
     labels = answer_labels(tree, pos)
+    tied = tied_with_the_chosen(tree)
     colors, sizes, symbols, opac, lines = [], [], [], [], []
     for n in nodes:
         colors.append(n.step_score if n.step_score is not None else math.nan)
@@ -151,7 +153,8 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560, h
         symbols.append(SYMBOLS["question" if n.id == 0 else "pruned" if n.status == "pruned"
                                else "answer" if n.status == "terminal" else "step"])
         opac.append(0.35 if n.status == "pruned" else 1.0)
-        lines.append("#000000" if n.id == highlight else SELECTED if n.selected or n.id in voters else "#ffffff")
+        lines.append("#000000" if n.id == highlight else SELECTED if n.selected or n.id in voters
+                     else TIED if n.id in tied else "#ffffff")
     fig.add_trace(Scatter(
         x=[pos[n.id][0] for n in nodes], y=[pos[n.id][1] for n in nodes], mode="markers+text",
         text=[labels.get(n.id, "") for n in nodes], textposition="bottom center", textfont=dict(size=11),
@@ -176,7 +179,7 @@ def tree_figure(tree: SearchTree, title: str | None = None, height: int = 560, h
             textfont=dict(size=10, color="#6b7075"), customdata=[group[0].id for group in stubs.values()],
             hovertext=[_stub_hover(group) for group in stubs.values()], hoverinfo="text",
             marker=dict(symbol=SYMBOLS["pruned"], color=UNSCORED, size=12), showlegend=False, name="folded"))
-    for name, (label, marker) in _legend(tree, bool(voters)).items():  # legend entries: shapes, not data
+    for name, (label, marker) in _legend(tree, bool(voters), bool(tied)).items():  # legend: shapes, not data
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines" if "line" in marker else "markers",
                                  name=label, hoverinfo="skip", showlegend=True, **marker))
     verdict = next((e.message for e in tree.events if e.kind == "stage" and e.message.startswith("Verify:")), None)
@@ -245,7 +248,7 @@ def tree_title(tree: SearchTree) -> str:
     return f"{name} · {len(tree)} nodes"
 
 
-def _legend(tree: SearchTree, votes: bool) -> dict[str, tuple[str, dict]]:
+def _legend(tree: SearchTree, votes: bool, ties: bool = False) -> dict[str, tuple[str, dict]]:
     grey = dict(color=UNSCORED, size=10)
     items = {"question": ("question", dict(marker=dict(symbol=SYMBOLS["question"], **grey))),
              "step": ("step (colour: PRM score)", dict(marker=dict(symbol=SYMBOLS["step"], **grey))),
@@ -256,6 +259,10 @@ def _legend(tree: SearchTree, votes: bool) -> dict[str, tuple[str, dict]]:
         items["chosen"] = ("chosen path", dict(line=dict(color=SELECTED, width=4)))
     if votes:
         items["voted"] = ("voted for the answer", dict(line=dict(color=VOTED, width=2.5)))
+    if ties:
+        items["tied"] = ("tied with the chosen answer (the first found won)",
+                         dict(marker=dict(symbol=SYMBOLS["answer"], color="#ffffff", size=10,
+                                          line=dict(color=TIED, width=3))))
     if any(n.stage == "fast" for n in tree.nodes()):
         items["fast"] = ("fast stage", dict(line=dict(color=FAST, width=2.5)))
         if any(n.stage == "slow" for n in tree.nodes()):

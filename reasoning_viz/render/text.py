@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..select import RANKED_BY, RULE_TITLES, rank_candidates
+from ..select import RANKED_BY, RULE_TITLES, rank_candidates, run_aggregation
 from ..tree import Node, SearchTree
 
 _EQUATION = re.compile(r"(?<![\w$\\])(-?\d+(?:\.\d+)?(?:\s*[-+*/×÷]\s*-?\d+(?:\.\d+)?)+\s*=\s*-?\d+(?:\.\d+)?)")
@@ -174,8 +174,7 @@ def candidate_table(tree: SearchTree, limit: int = 30) -> tuple[str, list[list]]
     """A caption and the rows of the ranked-candidates panel: every finished path as the run's rule
     ranked it, the chosen one marked, ties and "last step high, weakest step low" flagged."""
     sel = tree.run.get("selection")
-    params = tree.run.get("params") or {}
-    aggregation = params.get("aggregation") if params.get("aggregation") in ("last", "min", "prod", "mean") else "last"
+    aggregation = run_aggregation(tree)
     ranked = rank_candidates(tree, sel, aggregation)
     if not ranked:
         return "No finished path gave an answer yet.", []

@@ -104,6 +104,9 @@ def test_mc_rollout_scorer_is_the_fraction_of_rollouts_that_reach_the_gold(tiny_
     assert scorer.tokens_scored == 9  # one token per scripted rollout
     (no_gold,) = scorer.score(Q, [PATHS[2]])  # no gold: agreement with the rollouts' majority answer
     assert no_gold == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    assert scorer.tokens_scored == 18
+    again = scorer.score(Q, [PATHS[2][:2], PATHS[2]], gold="14")  # every step already estimated
+    assert again == [scores[:2], scores] and scorer.tokens_scored == 18  # no rollout run twice
 
 
 def test_mc_rollout_scorer_runs_on_a_real_generator(tiny_models):

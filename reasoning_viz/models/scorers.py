@@ -369,6 +369,9 @@ class MCRolloutScorer:
         self.seed = seed
         self._rng = torch.Generator().manual_seed(seed)
         self._tokens = 0
+        # a step's estimate depends only on its path: a search scores each new step with its whole
+        # path, so without this every earlier step would be rolled out again at every depth
+        self._memo: dict[tuple, float] = {}
 
     @property
     def tokens_scored(self) -> int:
@@ -376,7 +379,7 @@ class MCRolloutScorer:
 
     def for_run(self) -> "MCRolloutScorer":
         run = copy.copy(self)  # every run draws the same rollouts for the same steps
-        run._rng, run._tokens = torch.Generator().manual_seed(self.seed), 0
+        run._rng, run._tokens, run._memo = torch.Generator().manual_seed(self.seed), 0, {}
         return run
 
     def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
@@ -385,10 +388,10 @@ class MCRolloutScorer:
         prefixes, owners = [], []
         for i, steps in enumerate(paths):
             for j in range(len(steps)):
-                prefixes.append(prompt + encode_steps(tok, steps[: j + 1]))
-                owners.append((i, j))
-        children = self.generator.expand(prefixes, self.rollouts, self.params, generator=self._rng)
-        scores = [[0.0] * len(steps) for steps in paths]
+                if (question, gold, tuple(steps[: j + 1])) not in self._memo:
+                    prefixes.append(prompt + encode_steps(tok, steps[: j + 1]))
+                    owners.append((i, j))
+        children = self.generator.expand(prefixes, self.rollouts, self.params, generator=self._rng) if prefixes else []
         for (i, j), rolls in zip(owners, children):
             self._tokens += sum(len(r.token_ids) for r in rolls)
             answers = [extract_boxed(r.text) or extract_boxed(paths[i][j]) for r in rolls]
@@ -396,7 +399,6 @@ class MCRolloutScorer:
                 hits = sum(answers_match(a, gold) for a in answers)
             else:
                 counted = Counter(normalize_answer(a) for a in answers if a is not None)
-                top = counted.most_common(1)[0][1] if counted else 0
-                hits = top
-            scores[i][j] = hits / len(rolls)
-        return scores
+                hits = counted.most_common(1)[0][1] if counted else 0
+            self._memo[question, gold, tuple(paths[i][: j + 1])] = hits / len(rolls)
+        return [[self._memo[question, gold, tuple(steps[: j + 1])] for j in range(len(steps))] for steps in paths]

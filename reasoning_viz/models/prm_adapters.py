@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ def _clean(step: str) -> str:
     return step.strip()
 
 
-class _PathScorer:
+class _PathScorer(ABC):
     """The loop every adapter shares: one model serves every user (a lock), paths are scored one at a
     time (published PRMs are large; one path is the smallest batch), tokens run are counted, and running
     out of memory is one sentence. An adapter says only how to score one path (``score_path``),
@@ -69,8 +70,9 @@ class _PathScorer:
         self._tokens += len(ids)
         return self.model(torch.tensor([ids], device=self.model.device), **kwargs)
 
+    @abstractmethod
     def score_path(self, question: str, steps: list[str]) -> list[float]:
-        raise NotImplementedError
+        """One score per step of one path."""
 
 
 class RLHFlowPRM(_PathScorer):

@@ -119,6 +119,20 @@ def test_training_quick_runs_every_recipe_end_to_end(tmp_path):
     assert len(scores[0]) == 2
 
 
+@pytest.mark.slow
+def test_report_card_runs_on_the_bundled_models(tmp_path):
+    """``train evaluate`` (the models' cards and the README's table) on one problem per level: every
+    level's row, the overall row, and every column filled."""
+    card = tmp_path / "card.md"
+    run = subprocess.run([sys.executable, "-m", "reasoning_viz.train", "evaluate", "--limit", "1",
+                          "--markdown", str(card)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in card.read_text().splitlines() if line.startswith("| ")]
+    assert [r[0].strip() for r in rows[1:]] == ["1", "2", "3", "4", "5", "6", "**all**"]
+    assert all(len(r) == len(rows[0]) and all(cell.strip() for cell in r) for r in rows[1:])
+    assert "on 6 held-out problems" in card.read_text()
+
+
 @pytest.mark.parametrize("strategy, text, value", [
     ("cot", "greedy=false", {"greedy": False}), ("cot", "greedy=0", {"greedy": False}),
     ("cot", "greedy=yes", {"greedy": True}), ("best_of_n", "n=1e3", {"n": 1000}),

@@ -97,7 +97,7 @@ def evaluate(cfg: EvalConfig) -> str:
     generator = StepGenerator(*load_causal_lm(cfg.student_dir), memory_budget_mb=4096)
     large = StepGenerator(*load_causal_lm(cfg.large_dir), memory_budget_mb=4096)
     prm = MathShepherdPRM(*load_causal_lm(cfg.prm_dir), batch_size=cfg.group)
-    self_confidence = SelfConfidence(generator, batch_size=cfg.group)
+    self_confidence = SelfConfidence(generator)
     rng = torch.Generator(device=generator.device).manual_seed(cfg.seed)
     problems = load_test_set()
     if cfg.limit:

@@ -126,3 +126,19 @@ def test_prm_labels_are_rollout_fractions_with_a_first_error_stop(bundled_models
             assert not any(working[working.index(0.0):]), path  # nothing rolled out after the first zero
     # the student errs: some steps are lost, some safe, and some in between (soft, not "any rollout")
     assert {0.0, 1.0} < fractions, fractions
+
+
+
+def test_the_three_bundled_models_share_one_tokenizer():
+    """Every bundled model reads text with the same token ids: the student's recipe takes the larger
+    model's tokenizer instead of rebuilding it (a rebuild can number tokens differently under another
+    ``tokenizers`` version), and the PRM is a copy of the larger model."""
+    from transformers import AutoTokenizer
+
+    from reasoning_viz.models.presets import BUNDLED_LARGE, BUNDLED_PRM, BUNDLED_STUDENT
+    from reasoning_viz.train.policy import recipe
+
+    assert recipe("student").tokenizer_from == BUNDLED_LARGE and recipe("large").tokenizer_from is None
+    vocab = AutoTokenizer.from_pretrained(BUNDLED_STUDENT).get_vocab()
+    assert vocab == AutoTokenizer.from_pretrained(BUNDLED_LARGE).get_vocab()
+    assert vocab == AutoTokenizer.from_pretrained(BUNDLED_PRM).get_vocab()

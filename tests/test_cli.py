@@ -92,9 +92,11 @@ def test_bench_quick_prints_ratios():
 
 @pytest.mark.slow
 def test_training_quick_runs_every_recipe_end_to_end(tmp_path):
-    """--quick: student, larger model, then the PRM built on the larger one and labelled by the student."""
+    """--quick: larger model, student (with its tokenizer), then the PRM built on the larger one and
+    labelled by the student."""
     student, large, prm = tmp_path / "student", tmp_path / "large", tmp_path / "prm"
-    for args in (["student", "--quick", "--out", str(student)], ["large", "--quick", "--out", str(large)],
+    for args in (["large", "--quick", "--out", str(large)],
+                 ["student", "--quick", "--out", str(student), "--tokenizer-from", str(large)],
                  ["prm", "--quick", "--student", str(student), "--base", str(large), "--out", str(prm)]):
         run = subprocess.run([sys.executable, "-m", "reasoning_viz.train", *args], capture_output=True, text=True,
                              cwd=ROOT, timeout=600)
@@ -106,7 +108,7 @@ def test_training_quick_runs_every_recipe_end_to_end(tmp_path):
     assert (prm / "format_log.jsonl").exists() and (prm / "surprise_log.jsonl").exists()
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    # every bundled model shares one tokenizer, built by every recipe alike
+    # the three models share one tokenizer: the larger model's
     assert AutoTokenizer.from_pretrained(student).get_vocab() == AutoTokenizer.from_pretrained(large).get_vocab()
     # the PRM is the larger model with new layers on top: the fitted code and comparison layers, 1 for the tags
     assert AutoConfig.from_pretrained(prm).num_hidden_layers == AutoConfig.from_pretrained(large).num_hidden_layers + 3

@@ -1,7 +1,7 @@
 """``python -m reasoning_viz.train {student,large,prm,evaluate}``: rebuild and evaluate the bundled models.
 
-The PRM needs both policies (it is built on the larger model and labelled by the student), so a full
-rebuild runs ``large``, ``student``, then ``prm``.
+The student takes the larger model's tokenizer, and the PRM needs both policies (it is built on the
+larger model and labelled by the student), so a full rebuild runs ``large``, ``student``, then ``prm``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--quick", action="store_true", help="a toy run in seconds (for tests)")
         p.add_argument("--out", type=Path, help="output folder (default: assets/models/...)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, help="default: the shipped recipe's")
         p.add_argument("--steps", type=int, help="optimiser steps (default: the shipped recipe)")
+    sub.choices["student"].add_argument(
+        "--tokenizer-from", type=Path, help="model folder whose tokenizer to use (default: the bundled larger model)")
     prm = sub.choices["prm"]
     prm.add_argument("--student", type=Path, help="student folder to sample and roll out (default: the bundled one)")
     prm.add_argument("--base", type=Path, help="larger model to build the PRM on (default: the bundled one)")
@@ -37,10 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args(argv)
-    for flag in ("student", "large", "base", "prm"):  # a model folder given by hand: refuse a wrong one early
+    for flag in ("student", "large", "base", "prm", "tokenizer_from"):  # a model folder given by hand: refuse a wrong one early
         folder = getattr(args, flag, None)
         if isinstance(folder, Path) and not (folder / "config.json").is_file():
-            parser.error(f"--{flag} {folder}: no model there (a folder with config.json, as --out writes)")
+            parser.error(f"--{flag.replace('_', '-')} {folder}: no model there (a folder with config.json, as --out writes)")
     if args.command == "evaluate" and args.samples < 64:
         parser.error(f"--samples {args.samples}: coverage@64 needs at least 64 samples per problem")
 
@@ -48,19 +50,23 @@ def main(argv: list[str] | None = None) -> None:
         from .policy import recipe, train_policy
 
         cfg = recipe(args.command)
-        cfg.seed = args.seed
+        if args.seed is not None:
+            cfg.seed = args.seed
         if args.quick:
             cfg.apply_quick()
         if args.steps:
             cfg.steps = args.steps
         if args.out:
             cfg.out_dir = args.out
+        if getattr(args, "tokenizer_from", None):
+            cfg.tokenizer_from = args.tokenizer_from
         print(f"saved to {train_policy(cfg)}")
     elif args.command == "prm":
         from .prm import PRMTrainConfig, train_prm
 
-        cfg = PRMTrainConfig(seed=args.seed)
-        cfg.labels.seed = args.seed
+        cfg = PRMTrainConfig()
+        if args.seed is not None:
+            cfg.seed = cfg.labels.seed = args.seed
         if args.quick:
             cfg.apply_quick()
         if args.steps:

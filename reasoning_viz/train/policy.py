@@ -5,11 +5,15 @@ One recipe, two shipped models that differ only in size and training length (``S
 - the **student** (``python -m reasoning_viz.train student``), the app's default policy: small and
   briefly trained, so its arithmetic is only approximately right and it errs more the longer the chain
   and the larger the numbers — the way a small real model errs;
-- the **larger model** (``... train large``): three times the parameters, trained longer; near-exact.
+- the **larger model** (``... train large``): three times the parameters, trained as long; near-exact.
   The PRM is built on its layers (``prm.py``), and the app offers it greedy, to set against the
   student's search.
 
-Both build the same tokenizer from the same seeded corpus, so the three bundled models share it.
+The larger model's recipe builds the tokenizer from a seeded corpus; the student's takes it from the
+larger model's folder (so a full rebuild runs ``large`` first), and the PRM, a copy of the larger
+model, keeps it: the three bundled models share one tokenizer. (Rebuilding it is not enough to share
+it: the ``tokenizers`` library has changed how it breaks ties between merges, so a rebuild under
+another version can number the tokens differently.)
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ class PolicyTrainConfig:
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
+    tokenizer_from: Path | None = None  # a model folder whose tokenizer to use (None: build it)
     quick: bool = False
 
     def apply_quick(self) -> None:
         self.size, self.steps, self.batch_size, self.quick = TOY_SIZE, 8, 4, True
 
 
-STUDENT = PolicyTrainConfig("student", STUDENT_SIZE, steps=1400, out_dir=BUNDLED_STUDENT)
+STUDENT = PolicyTrainConfig("student", STUDENT_SIZE, steps=1400, out_dir=BUNDLED_STUDENT,
+                            tokenizer_from=BUNDLED_LARGE)
 LARGE = PolicyTrainConfig("large", LARGE_SIZE, steps=1400, out_dir=BUNDLED_LARGE)
 RECIPES = {c.name: c for c in (STUDENT, LARGE)}
 
@@ -80,9 +86,9 @@ class ProblemStream:
 
 
 def bundled_tokenizer(quick: bool = False) -> PreTrainedTokenizerFast:
-    """The tokenizer all bundled models share, trained on a fixed seeded corpus (so every recipe builds
-    the same one): questions and solutions in the chat format, and in the PRM's input format, so that
-    its step tag and ``+``/``-`` are single tokens."""
+    """The tokenizer all bundled models share, trained on a fixed seeded corpus by the larger model's
+    recipe: questions and solutions in the chat format, and in the PRM's input format, so that its step
+    tag and ``+``/``-`` are single tokens."""
     stream = ProblemStream(1)
     texts = []
     for _ in range(300 if quick else 5000):
@@ -94,10 +100,18 @@ def bundled_tokenizer(quick: bool = False) -> PreTrainedTokenizerFast:
 
 
 def train_policy(cfg: PolicyTrainConfig) -> Path:
-    """Build the tokenizer, train the policy and save both to ``cfg.out_dir``."""
+    """Build (or take) the tokenizer, train the policy and save both to ``cfg.out_dir``."""
     use_all_cores()
     seed_everything(cfg.seed)
-    tokenizer = bundled_tokenizer(cfg.quick)
+    if cfg.tokenizer_from is None:
+        tokenizer = bundled_tokenizer(cfg.quick)
+    elif (cfg.tokenizer_from / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.tokenizer_from)
+        for key in ("is_local", "local_files_only"):  # how it was loaded, not part of it: keep the files equal
+            tokenizer.init_kwargs.pop(key, None)
+    else:
+        raise SystemExit(f"no tokenizer in {cfg.tokenizer_from}: train the larger model first "
+                         "(python -m reasoning_viz.train large), or pass --tokenizer-from")
     model = small_llama(tokenizer, cfg.size)
     print(f"{cfg.name}: {model.num_parameters() / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
     stream = ProblemStream(cfg.seed)

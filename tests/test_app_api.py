@@ -50,7 +50,12 @@ def local_model_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+# two strategies in the fast suite (`-m "not slow"`, under two minutes), every one in the full suite
+EVERY_STRATEGY = [pytest.param(name, marks=[] if name in ("cot", "beam_search") else [pytest.mark.slow])
+                  for name in STRATEGIES]
+
+
+@pytest.mark.parametrize("strategy", EVERY_STRATEGY)
 def test_each_strategy_returns_a_scored_tree(client, strategy):
     out = run(client, strategy)
     tree = SearchTree.load(out[7])  # the tree JSON file
@@ -60,7 +65,7 @@ def test_each_strategy_returns_a_scored_tree(client, strategy):
     assert "### Answer" in out[2] or "### No answer" in out[2]
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("strategy", EVERY_STRATEGY)
 def test_each_strategy_with_a_local_model_from_the_model_picker(client, local_model_dir, monkeypatch, strategy):
     monkeypatch.setenv("RV_MODELS_DIR", str(local_model_dir.parent))
     out = run(client, strategy, params=json.dumps({**json.loads(params_for(strategy)), "max_depth": 2,
@@ -106,6 +111,7 @@ def test_custom_models_obey_the_host(client, local_model_dir, monkeypatch):
         run(client, "cot", custom_policy="someone/unknown-model")
 
 
+@pytest.mark.slow
 def test_streaming_yields_intermediate_trees(client):
     # 100 simulations: a few seconds with the student, several updates at the stream's 0.3 s throttle
     job = client.submit(QUESTION, "14", "mcts", "TinyGSM student + PRM (bundled, CPU)", 0,
@@ -190,6 +196,7 @@ def test_malformed_upload_is_refused(client, tmp_path):
         client.predict(handle_file(str(junk)), api_name="/import_tree")
 
 
+@pytest.mark.slow
 def test_compare_runs_strategies_side_by_side(client):
     job = client.submit(QUESTION, "14", ["self_consistency", "beam_search"], "TinyGSM student + PRM (bundled, CPU)", 0,
                         16, 300, 20000, 60, api_name="/compare")

@@ -99,9 +99,10 @@ def test_cot_decoding_branches_and_self_confidence_read_the_same_probabilities(e
 
 
 def test_stop_aborts_the_engines_requests(engine, engine_models):
-    """Eight 900-token rows take the engine about 9 s; a Stop after 1 s closes the connections, and
-    vLLM aborts those requests: nothing is running within moments, no token is generated after, and
-    none of the eight ever finishes."""
+    """Eight 900-token rows take the engine 1-9 s (about 1 s on a quiet 2-core machine: a Stop after 1 s
+    once came too late, and all eight finished); a Stop after 0.3 s closes the connections, and vLLM
+    aborts those requests: nothing is running within moments, no token is generated after, and none of
+    the eight ever finishes."""
     generator = engine_models.generator
     finished_before = engine.metric("vllm:request_success_total")
     prompt = generator.prompt_ids(two_per_level()[0].question)
@@ -109,7 +110,7 @@ def test_stop_aborts_the_engines_requests(engine, engine_models):
     t0 = time.perf_counter()
 
     def check():
-        if time.perf_counter() - t0 > 1.0:
+        if time.perf_counter() - t0 > 0.3:
             raise SearchStopped("cancelled by the user")
 
     with pytest.raises(SearchStopped):

@@ -113,9 +113,10 @@ def test_custom_models_obey_the_host(client, local_model_dir, monkeypatch):
 
 @pytest.mark.slow
 def test_streaming_yields_intermediate_trees(client):
-    # 100 simulations: a few seconds with the student, several updates at the stream's 0.3 s throttle
+    # 400 simulations: several seconds with the student even on a quiet machine (100 once finished
+    # inside two of the stream's 0.3 s updates), so several updates arrive
     job = client.submit(QUESTION, "14", "mcts", "TinyGSM student + PRM (bundled, CPU)", 0,
-                        json.dumps({"simulations": 100, "width": 3}), 2000, 200000, 120, "", "llm-judge", "",
+                        json.dumps({"simulations": 400, "width": 3}), 2000, 200000, 120, "", "llm-judge", "",
                         api_name="/run")
     outputs = list(job)
     assert len(outputs) >= 3, "a live search sends the tree more than once"

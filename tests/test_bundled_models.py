@@ -128,7 +128,6 @@ def test_prm_labels_are_rollout_fractions_with_a_first_error_stop(bundled_models
     assert {0.0, 1.0} < fractions, fractions
 
 
-
 def test_the_three_bundled_models_share_one_tokenizer():
     """Every bundled model reads text with the same token ids: the student's recipe takes the larger
     model's tokenizer instead of rebuilding it (a rebuild can number tokens differently under another

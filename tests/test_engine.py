@@ -99,8 +99,8 @@ def test_cot_decoding_branches_and_self_confidence_read_the_same_probabilities(e
 
 
 def test_stop_aborts_the_engines_requests(engine, engine_models):
-    """Eight 900-token rows take the engine a second or more; a Stop after 0.3 s closes the connections,
-    and vLLM aborts those requests: nothing is running within moments, no token is generated after, and
+    """Eight 900-token rows, stopped after 0.3 s: the Stop closes the connections, and vLLM aborts those
+    requests: nothing is running within moments, no token is generated after, and
     none of the eight ever finishes."""
     generator = engine_models.generator
 

@@ -3,6 +3,7 @@
   solve  a question -> the chosen answer; optionally the tree as JSON and an offline HTML figure
   eval   strategies over the held-out TinyGSM set: accuracy, tokens and seconds per problem
   bench  the batched step generator against plain ``generate`` calls, and the PRM's cost by depth
+  lab    the scaling lab: accuracy against N per strategy and level; writes the data, figures and tables
 """
 
 from __future__ import annotations
@@ -166,7 +167,46 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _ints(raw: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"{what}: comma-separated whole numbers, e.g. 1,2,4") from None
+
+
+def cmd_lab(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .lab import CellCache, LabSettings, run_lab
+    from .models.loading import load_preset
+    from .render.lab import lab_html, lab_markdown
+
+    settings = LabSettings(preset=args.preset, large_preset=None if args.large_preset == "none" else args.large_preset,
+                           strategies=tuple(x.strip() for x in args.strategies.split(",") if x.strip()),
+                           budgets=_ints(args.budgets, "--budgets"), levels=_ints(args.levels, "--levels"),
+                           per_level=args.per_level, seed=args.seed)
+    settings.validate(max_n=1024, max_problems=600)
+    bar = tqdm(desc="lab searches", dynamic_ncols=True, file=sys.stderr)
+    for summary, done, total in run_lab(settings, lambda name: load_preset(name, args.engine_url),
+                                        CellCache(args.cache) if args.cache else None):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+    bar.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "lab.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(lab_markdown(summary))
+    print(f"\ndata: {args.out / 'lab.json'}")
+    if args.html:
+        args.html.write_text(lab_html(summary), encoding="utf-8")
+        print(f"figures: {args.html}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .lab import DEFAULT_LARGE
     from .models.loading import DEFAULT_PRESET
 
     parser = argparse.ArgumentParser(prog="python -m reasoning_viz", description=__doc__,
@@ -202,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=1,
                     help="problems searched at once (for an engine, which batches them; default 1)")
     common(ev)
+    lab = sub.add_parser("lab", help="accuracy against compute over the held-out set (the app's Lab tab)")
+    lab.add_argument("--strategies", default="best_of_n,self_consistency,weighted_vote,beam_search,dvts")
+    lab.add_argument("--budgets", default="1,2,4,8,16,32,64", help="the N values (samples or beams)")
+    lab.add_argument("--levels", default="1,2,3,4,5,6")
+    lab.add_argument("--per-level", type=int, default=10, help="problems per level")
+    lab.add_argument("--large-preset", default=DEFAULT_LARGE,
+                     help="a second policy preset whose greedy answers are set against the search ('none': skip)")
+    lab.add_argument("--out", type=Path, default=Path("lab-run"), help="folder for lab.json (assets/lab: the shipped run)")
+    lab.add_argument("--html", type=Path, help="also write every figure to this offline HTML page")
+    lab.add_argument("--cache", type=Path, help="cell cache folder (default: RV_LAB_CACHE or ~/.cache/reasoning_viz/lab)")
+    lab.add_argument("--preset", default=DEFAULT_PRESET)
+    lab.add_argument("--seed", type=int, default=0)
+    lab.add_argument("--engine-url", metavar="URL", help="as for eval")
     bench = sub.add_parser("bench", help="generator and PRM speed figures")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
     bench.add_argument("--engine-url", metavar="URL",
@@ -219,6 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "strategy", None) and args.command == "solve" and args.strategy not in STRATEGIES:
         raise SystemExit(f"unknown strategy {args.strategy!r}; choose from {', '.join(STRATEGIES)}")
     try:
-        return {"solve": cmd_solve, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
+        return {"solve": cmd_solve, "eval": cmd_eval, "bench": cmd_bench, "lab": cmd_lab}[args.command](args)
     except (ValueError, EngineError) as exc:  # bad input, an engine that is down: one clear line, not a trace
         raise SystemExit(f"error: {exc}") from None

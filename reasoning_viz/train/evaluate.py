@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from math import comb
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..lab import pass_at_k
 from ..models.generator import SamplingParams, StepGenerator
 from ..models.loading import load_causal_lm
 from ..models.presets import BUNDLED_LARGE, BUNDLED_PRM, BUNDLED_STUDENT, BUNDLED_TEMPERATURE
@@ -45,15 +45,6 @@ class EvalConfig:
     seed: int = 0
     problems_per_call: int = 8
     max_tokens: int = 160  # the longest gold solution is 124 tokens; longer samples are wrong anyway
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased estimate of P(at least one of k samples is correct) from c correct of n."""
-    if k > n:
-        raise ValueError(f"pass@{k} needs at least {k} samples, have {n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float:

@@ -26,6 +26,10 @@ from reasoning_viz.models.loading import DEFAULT_PRESET, PRESETS  # noqa: E402
 from reasoning_viz.models.presets import SCORER_KINDS  # noqa: E402
 from reasoning_viz.render.figures import (DECLUTTER_JS, icicle_figure, standalone_html, tree_figure,  # noqa: E402
                                          vote_figure, waiting_figure)
+from reasoning_viz.lab import LAB_STRATEGIES, STRATEGY_TITLES  # noqa: E402
+from reasoning_viz.problems.tinygsm import LEVELS  # noqa: E402
+from reasoning_viz.render.lab import (accuracy_figure, coverage_figure, envelope_rows, level_name,  # noqa: E402
+                                      small_vs_large_figure)
 from reasoning_viz.render.layout import tidy_layout  # noqa: E402
 from reasoning_viz.render.text import (CANDIDATE_COLUMNS, NODE_COLUMNS, answer_markdown, candidate_table,  # noqa: E402
                                        event_markdown, explain_markdown, node_rows, path_markdown, progress_line)
@@ -403,6 +407,8 @@ def build_app() -> gr.Blocks:
             wire_explore(explore)
         with gr.Tab("Compare"):
             compare_view(examples, explore.run_name)
+        with gr.Tab("Lab"):
+            lab_view(explore.run_name)
         with gr.Tab("Strategies"):
             strategies_view()
         with gr.Tab("Models"):
@@ -629,6 +635,96 @@ def compare_view(examples: list, run_name: gr.Textbox) -> None:
     c_btn.click(compare, [c_question, c_gold, c_strategies, c_preset, c_seed, c_n, c_nodes, c_tokens, c_seconds],
                 [*c_plots, c_table, c_progress], api_name="compare", concurrency_id="model", **raw)
     c_stop.click(stop, run_name, c_progress, api_visibility="private", queue=False, **raw)
+
+
+LAB_BUDGETS = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= service.LIMITS.lab_max_n]
+
+
+def lab_outputs(summary: dict, level: str, note: str):
+    """Everything the Lab view draws from a summary: four figures, the envelope table, a caption."""
+    level = level if level in summary["levels"] else "all"
+    return (accuracy_figure(summary, level), coverage_figure(summary, level), accuracy_figure(summary, level, "tokens"),
+            small_vs_large_figure(summary),
+            {"headers": ["level", *[f"N={n}" for n in summary["budgets"]]], "data": envelope_rows(summary)}, note, summary)
+
+
+def lab_caption(summary: dict, done: int | None = None, total: int | None = None) -> str:
+    s = summary["settings"]
+    what = (f"{summary['problems']} problems (levels {', '.join(map(str, s['levels']))}), N up to "
+            f"{max(summary['budgets'])}, seed {s['seed']}, models: {s['preset']}")
+    if done is None:
+        return f"**The recorded lab run** shipped with the app: {what}. Run your own below."
+    if done < total:
+        return f"Running: {done} of {total} searches done · {what}…"
+    return f"**Done**: {total} searches (already-run ones came from the cache) · {what}."
+
+
+@user_errors("running the lab")
+def lab(preset, large_preset, strategies, budgets, levels, per_level, seed, level, run_name="",
+        request: gr.Request = None):
+    """A lab run: figures redrawn as its searches finish; searches already run come from the cache."""
+    settings = service.lab_settings(preset, None if large_preset == "none" else large_preset, strategies, budgets,
+                                    levels, per_level, seed)
+    summary = None
+    for summary, done, total in service.stream_lab(settings, _session(request), run_name):
+        yield lab_outputs(summary, level, lab_caption(summary, done, total))
+    if summary is not None and done < total:
+        yield lab_outputs(summary, level, f"Stopped after {done} of {total} searches; run it again to go on "
+                                          "(the finished ones are cached).")
+
+
+@user_errors("drawing the lab run")
+def lab_level(level, summary):
+    if not isinstance(summary, dict) or "levels" not in summary:
+        summary = service.recorded_lab()
+    return lab_outputs(summary, level, gr.update())[:5]
+
+
+def lab_view(run_name: gr.Textbox) -> None:
+    """The Lab view: accuracy against compute over many held-out problems, per strategy and level."""
+    recorded = service.recorded_lab()
+    first = lab_outputs(recorded, "all", lab_caption(recorded))
+    gr.Markdown("How accuracy grows with compute, over many held-out problems: **N** is the samples (best-of-N, "
+                "the votes) or beams (beam search, DVTS). Best-of-N and the votes at each N are *estimated* from "
+                "one run of the largest N (the mean over all N-subsets of its samples); the beam searches run "
+                "at every N. Coverage@N is how often *some* sample is right: what a perfect verifier could pick.")
+    with gr.Row():
+        level = gr.Dropdown([(level_name(lv), lv) for lv in recorded["levels"][::-1]], value="all",
+                            label="Show", elem_id="lab-level", scale=1)
+        note = gr.Markdown(first[5], elem_id="lab-note")
+    with gr.Row():
+        acc = gr.Plot(first[0], show_label=False, elem_id="lab-accuracy")
+        cov = gr.Plot(first[1], show_label=False, elem_id="lab-coverage")
+    with gr.Row():
+        tok = gr.Plot(first[2], show_label=False, elem_id="lab-tokens")
+        bars = gr.Plot(first[3], show_label=False, elem_id="lab-small-large")
+    envelope = gr.Dataframe(first[4], interactive=False,
+                            label="Best strategy per level and N (the compute-optimal envelope)", elem_id="lab-envelope")
+    state = gr.State(recorded)
+    with gr.Accordion("Run your own lab", open=False):
+        with gr.Row():
+            strategies = gr.CheckboxGroup([(STRATEGY_TITLES[s], s) for s in LAB_STRATEGIES],
+                                          value=list(LAB_STRATEGIES), label="Strategies", elem_id="lab-strategies")
+            budgets = gr.CheckboxGroup([str(n) for n in LAB_BUDGETS], value=[str(n) for n in LAB_BUDGETS if n <= 16],
+                                       label=f"N (this host allows up to {service.LIMITS.lab_max_n})", elem_id="lab-budgets")
+        with gr.Row():
+            levels = gr.CheckboxGroup([str(lv) for lv in LEVELS], value=[str(lv) for lv in LEVELS], label="Levels",
+                                      elem_id="lab-levels")
+            per_level = gr.Number(value=2, precision=0, label="Problems per level", elem_id="lab-per-level")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+        with gr.Row():
+            preset = gr.Dropdown(list(PRESETS), value=DEFAULT_PRESET, label="Models (the policy that searches)")
+            large = gr.Dropdown(["none", *PRESETS], value=recorded["settings"].get("large_preset") or "none",
+                                label="Greedy baseline of a second policy")
+        with gr.Row():
+            run_btn = gr.Button("Run the lab", variant="primary", elem_id="lab-run")
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="lab-stop")
+    outputs = [acc, cov, tok, bars, envelope, note, state]
+    raw = dict(preprocess=False)
+    level.change(lab_level, [level, state], outputs[:5], api_name="lab_level", **raw)
+    run_btn.click(lab, [preset, large, strategies, budgets, levels, per_level, seed, level, run_name], outputs,
+                  api_name="lab", concurrency_id="model", **raw)
+    stop_btn.click(stop, run_name, note, api_visibility="private", queue=False, **raw)
 
 
 def strategies_view() -> None:

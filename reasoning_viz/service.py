@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .lab import LAB_STRATEGIES, CellCache, LabSettings, run_lab
 from .models.engine import EngineError
 from .models.loading import PRESETS, load_models, load_preset
 from .models.presets import MATH_SYSTEM_PROMPT, MODEL_CARDS, POLICY_SCORED_KINDS, SCORER_KINDS, check_model_ref
@@ -42,6 +43,7 @@ except ImportError:  # everywhere else it is a no-op
 
 log = logging.getLogger(__name__)
 RUNS_DIR = Path(__file__).resolve().parents[1] / "assets" / "runs"
+RECORDED_LAB = Path(__file__).resolve().parents[1] / "assets" / "lab" / "lab.json"  # `python -m reasoning_viz lab --out assets/lab`
 MAX_QUESTION_CHARS = 4000
 
 
@@ -60,6 +62,8 @@ class HostLimits:
     file_ttl_seconds: float = 3600.0  # RV_FILE_TTL_SECONDS: Gradio's copies of files are deleted after this
     sessions: int = 500  # RV_SESSIONS: browser sessions whose state (the last tree) is kept
     model_cache: int = 4  # RV_MODEL_CACHE: model pairs kept loaded (least recently used go first)
+    lab_max_n: int = 64  # RV_LAB_MAX_N: the largest budget N a Lab run may ask for
+    lab_max_problems: int = 60  # RV_LAB_MAX_PROBLEMS: problems in one Lab run
 
     @classmethod
     def from_env(cls) -> "HostLimits":
@@ -477,3 +481,44 @@ def gallery_runs() -> dict[str, Path]:
         except (OSError, KeyError, ValueError):
             continue
     return out
+
+
+# ---- the scaling lab ----------------------------------------------------------------------------
+def recorded_lab() -> dict:
+    """The lab run shipped with the app (all six levels, 10 problems each, N up to 64)."""
+    return json.loads(RECORDED_LAB.read_text(encoding="utf-8"))
+
+
+def lab_settings(preset: Any, large_preset: Any, strategies: Any, budgets: Any, levels: Any, per_level: Any,
+                 seed: Any) -> LabSettings:
+    """A Lab run's settings from the form's raw values, checked against the host's caps."""
+    def whole_list(raw: Any, name: str) -> tuple[int, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise ValueError(f"Pick at least one {name}.")
+        return tuple(sorted({int(number(x, name, whole=True)) for x in raw}))
+
+    if not isinstance(strategies, list) or not strategies or not all(s in LAB_STRATEGIES for s in strategies):
+        raise ValueError("Pick at least one of the lab's strategies.")
+    for value in (preset, large_preset):
+        if value not in (None, "") and (not isinstance(value, str) or value not in PRESETS):
+            raise ValueError("Choose the models from the preset list.")
+    settings = LabSettings(preset=preset or next(iter(PRESETS)), large_preset=large_preset or None,
+                           strategies=tuple(s for s in LAB_STRATEGIES if s in strategies),
+                           budgets=whole_list(budgets, "budget N"), levels=whole_list(levels, "level"),
+                           per_level=int(number(per_level, "problems per level", whole=True)),
+                           seed=int(number(seed or 0, "seed", whole=True)))
+    settings.validate(max_n=LIMITS.lab_max_n, max_problems=LIMITS.lab_max_problems)
+    return settings
+
+
+def stream_lab(settings: LabSettings, session: str, run_id: str | None = None,
+               min_interval: float = 2.0) -> Iterator[tuple[dict, int, int]]:
+    """Run a lab (cells from the cache where they are there); ``cancel(session, run_id)`` stops it."""
+    run_id = (run_id or "").strip() or new_run_id()
+    cancel_event = _register(session, run_id)
+    try:
+        yield from run_lab(settings, get_models, CellCache(), cancel_event, min_interval,
+                           slot=lambda: _model_slots)
+    finally:
+        cancel_event.set()
+        _unregister(session, run_id)

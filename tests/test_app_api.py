@@ -258,3 +258,44 @@ def test_training_data_downloads_are_the_sft_paths_and_the_search_trace(client):
     assert trace.startswith(f"Question: {QUESTION}\nExpand node 0:") and "Prune node" in trace
     assert trace.splitlines()[-1].startswith(f"Answer {tree.run['selection']['answer']} at node")
     assert json.loads(actions.splitlines()[-1])["action"] == "answer"
+
+
+LAB_ARGS = ("TinyGSM student + PRM (bundled, CPU)", "none", ["best_of_n", "beam_search"], ["1", "2"], ["1"], 1, 0,
+            "all", "")
+
+
+def _figure(plot) -> dict:
+    value = plot.get("plot", plot) if isinstance(plot, dict) else plot
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def test_a_lab_run_draws_its_curves_and_refuses_bad_settings(client):
+    """#23: a small lab run through the API draws one line per strategy over the chosen N, the envelope
+    table fills in, and settings beyond the host's caps get one sentence."""
+    out = client.predict(*LAB_ARGS, api_name="/lab")
+    assert out[5].startswith("**Done**")
+    traces = {t["name"]: t for t in _figure(out[0])["data"]}
+    assert set(traces) == {"Best-of-N (PRM) (estimated)", "PRM beam search"}
+    assert all(list(t["x"]) == [1, 2] and all(0 <= y <= 100 for y in t["y"]) for t in traces.values())
+    assert out[4]["headers"] == ["level", "N=1", "N=2"] and [r[0] for r in out[4]["data"]] == ["level 1", "all levels"]
+    again = client.predict(*LAB_ARGS, api_name="/lab")  # from the cache: the same numbers
+    assert _figure(again[0])["data"] == _figure(out[0])["data"]
+    for change, refusal in [({3: ["1", "1000"]}, "up to N = 64"), ({2: ["mcts"]}, "the lab's strategies"),
+                            ({5: "many"}, "problems per level"), ({4: ["9"]}, "Levels are"),
+                            ({5: 20, 4: ["1", "2", "3", "4"]}, "at most 60 problems"), ({0: "gpt-17"}, "preset list")]:
+        args = list(LAB_ARGS)
+        for i, v in change.items():
+            args[i] = v
+        with pytest.raises(Exception, match=refusal):
+            client.predict(*args, api_name="/lab")
+
+
+def test_the_lab_view_shows_the_recorded_run_level_by_level(client):
+    from reasoning_viz.service import recorded_lab
+
+    recorded = recorded_lab()
+    out = client.predict("6", api_name="/lab_level")
+    traces = {t["name"]: t for t in _figure(out[0])["data"]}
+    beam = recorded["accuracy"]["beam_search"]["6"]
+    assert list(traces["PRM beam search"]["y"]) == [beam[str(n)]["accuracy"] for n in recorded["budgets"]]
+    assert "level 6" in _figure(out[0])["layout"]["title"]["text"]

@@ -292,3 +292,44 @@ def test_compare_four_strategies_draws_four_whole_trees(browser, server, artifac
     page.screenshot(path=str(artifacts_dir / "browser-compare.png"), full_page=True)
     assert not page.errors, page.errors
     page.close()
+
+
+def _lab_lines(page) -> list[int]:
+    """Points per line of the Lab's accuracy figure as plotly holds them, once each line is drawn (an
+    SVG trace per line; markers at the same place may be drawn once, so they are not counted)."""
+    return page.evaluate("""() => { const gd = document.querySelector('#lab-accuracy .js-plotly-plot');
+        const drawn = document.querySelectorAll('#lab-accuracy .scatterlayer .trace').length;
+        return drawn === gd.data.length ? gd.data.map(t => t.x.length) : []; }""")
+
+
+def test_the_lab_draws_the_recorded_run_and_a_new_run_draws_its_curves(browser, server, artifacts_dir):
+    page = open_page(browser, server, LAPTOP)
+    page.get_by_role("tab", name="Lab").click()
+    page.locator("#lab-accuracy .scatterlayer .trace").first.wait_for(timeout=30_000)
+    assert _lab_lines(page) == [7] * 5  # five strategies, N = 1 … 64
+    legend = page.locator("#lab-accuracy .legend").text_content()
+    assert "PRM beam search" in legend and "Majority vote" in legend
+    assert "larger model, greedy" in page.locator("#lab-accuracy").text_content()
+    assert page.locator("#lab-coverage .scatterlayer .trace").count() == 4  # coverage + three selection rules
+    assert "level 6" in page.locator("#lab-envelope").inner_text()
+    page.set_viewport_size({"width": 1280, "height": 1400})
+    page.locator("#lab-accuracy").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts_dir / "browser-lab.png"))
+    page.set_viewport_size(LAPTOP)
+    page.get_by_text("Run your own lab").click()
+    for level in ("2", "3", "4", "5", "6"):
+        page.locator("#lab-levels").get_by_text(level, exact=True).click()
+    for n in ("8", "16"):
+        page.locator("#lab-budgets").get_by_text(n, exact=True).click()
+    page.locator("#lab-run").click()
+    page.locator("#lab-note").get_by_text(re.compile(r"Done: \d+ searches")).wait_for(timeout=180_000)
+    page.locator("#lab-accuracy").scroll_into_view_if_needed()
+    try:  # N = 1, 2, 4 now, once plotly has redrawn the figure
+        page.wait_for_function("() => document.querySelectorAll('#lab-accuracy .scatterlayer .trace').length == 5",
+                               timeout=20_000)
+    finally:
+        page.screenshot(path=str(artifacts_dir / "browser-lab-run.png"), full_page=True)
+    assert _lab_lines(page) == [3] * 5
+    assert "level 1" in page.locator("#lab-envelope").inner_text()
+    assert not page.errors, page.errors
+    page.close()

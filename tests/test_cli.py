@@ -73,6 +73,23 @@ def test_eval_all_names_every_strategy_and_the_sampled_baseline():
         main(["eval", "--strategy", "cot:beam_width=2", "--limit", "1"])
 
 
+def test_lab_writes_its_data_tables_and_figures_and_refuses_bad_settings(tmp_path, capsys):
+    args = ["lab", "--strategies", "best_of_n,beam_search", "--budgets", "1,2", "--levels", "2", "--per-level", "1",
+            "--large-preset", "none", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+            "--html", str(tmp_path / "lab.html")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "lab.json").read_text())
+    assert summary["budgets"] == [1, 2] and summary["problems"] == 1 and set(summary["accuracy"]) == {"best_of_n", "beam_search"}
+    beam = summary["accuracy"]["beam_search"]["all"]
+    assert f"| PRM beam search | {beam['1']['accuracy']:.1f} | {beam['2']['accuracy']:.1f} |" in printed
+    assert "plotly" in (tmp_path / "lab.html").read_text()
+    for bad, refusal in [(["--budgets", "1,x"], "comma-separated whole numbers"), (["--strategies", "mcts"], "lab compares"),
+                         (["--levels", "9"], "Levels are")]:
+        with pytest.raises(SystemExit, match=refusal):
+            main([*args, *bad])
+
+
 def test_bad_input_is_one_clear_line():
     run = subprocess.run([sys.executable, "-m", "reasoning_viz", "solve", "  ", "--strategy", "cot"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)

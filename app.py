@@ -673,6 +673,14 @@ def lab(preset, large_preset, strategies, budgets, levels, per_level, seed, leve
                                           "(the finished ones are cached).")
 
 
+@user_errors("making the lab's training data")
+def lab_training(preset, large_preset, strategies, budgets, levels, per_level, seed):
+    """The verified paths of the lab run these settings describe, from the cache, as SFT JSONL."""
+    settings = service.lab_settings(preset, None if large_preset == "none" else large_preset, strategies, budgets,
+                                    levels, per_level, seed)
+    return str(service.export_lab_training(settings))
+
+
 @user_errors("drawing the lab run")
 def lab_level(level, summary):
     if not isinstance(summary, dict) or "levels" not in summary:
@@ -719,12 +727,16 @@ def lab_view(run_name: gr.Textbox) -> None:
         with gr.Row():
             run_btn = gr.Button("Run the lab", variant="primary", elem_id="lab-run")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="lab-stop")
+            sft_btn = gr.Button("Make training data (verified paths, SFT JSONL)", elem_id="lab-sft")
+        sft_file = gr.File(label="Training data", interactive=False, elem_id="lab-sft-file")
     outputs = [acc, cov, tok, bars, envelope, note, state]
     raw = dict(preprocess=False)
     level.change(lab_level, [level, state], outputs[:5], api_name="lab_level", **raw)
     run_btn.click(lab, [preset, large, strategies, budgets, levels, per_level, seed, level, run_name], outputs,
                   api_name="lab", concurrency_id="model", **raw)
     stop_btn.click(stop, run_name, note, api_visibility="private", queue=False, **raw)
+    sft_btn.click(lab_training, [preset, large, strategies, budgets, levels, per_level, seed], sft_file,
+                  api_name="lab_training", **raw)
 
 
 def strategies_view() -> None:

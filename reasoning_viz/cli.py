@@ -179,7 +179,7 @@ def cmd_lab(args) -> int:
 
     from tqdm import tqdm
 
-    from .lab import CellCache, LabSettings, run_lab
+    from .lab import CellCache, LabSettings, run_lab, sft_records
     from .models.loading import load_preset
     from .render.lab import lab_html, lab_markdown
 
@@ -202,6 +202,10 @@ def cmd_lab(args) -> int:
     if args.html:
         args.html.write_text(lab_html(summary), encoding="utf-8")
         print(f"figures: {args.html}")
+    if args.sft:
+        records = sft_records(settings, CellCache(args.cache) if args.cache else None)
+        args.sft.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        print(f"SFT data: {args.sft} ({len(records)} verified paths)")
     return 0
 
 
@@ -251,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a second policy preset whose greedy answers are set against the search ('none': skip)")
     lab.add_argument("--out", type=Path, default=Path("lab-run"), help="folder for lab.json (assets/lab: the shipped run)")
     lab.add_argument("--html", type=Path, help="also write every figure to this offline HTML page")
+    lab.add_argument("--sft", type=Path, help="also write the run's verified paths here, as chat-format SFT JSONL")
     lab.add_argument("--cache", type=Path, help="cell cache folder (default: RV_LAB_CACHE or ~/.cache/reasoning_viz/lab)")
     lab.add_argument("--preset", default=DEFAULT_PRESET)
     lab.add_argument("--seed", type=int, default=0)

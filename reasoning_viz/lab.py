@@ -161,7 +161,7 @@ class Cell:
         p = PRESETS[self.preset]
         ident = {**dataclasses.asdict(self), "policy": model_fingerprint(p.policy),
                  "scorer": model_fingerprint(p.scorer), "scorer_kind": p.scorer_kind,
-                 "temperature": p.temperature, "version": 1}
+                 "temperature": p.temperature, "version": 2}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
@@ -243,7 +243,9 @@ def run_cell(cell: Cell, problem: Problem, models: Models, cancel: threading.Eve
         answered = [n.status == "terminal" and n.answer is not None for n in ends]  # one chain each
         out["samples"] = [{"answer": n.answer if ok else None, "correct": bool(ok and n.correct),
                            "score": tree.path_score(n.id, params.aggregation) if ok else None,
-                           "tokens": sum(p.num_tokens for p in tree.path(n.id)[1:])} for n, ok in zip(ends, answered)]
+                           "tokens": sum(p.num_tokens for p in tree.path(n.id)[1:]),
+                           **({"steps": tree.steps(n.id)} if ok and n.correct else {})}  # verified: SFT data
+                          for n, ok in zip(ends, answered)]
     else:
         sel = tree.run["selection"]
         out["correct"] = bool(sel["node_id"] is not None and tree.node(sel["node_id"]).correct)
@@ -360,3 +362,23 @@ def run_lab(settings: LabSettings, models_for: Callable[[str], Models], cache: C
             yield summarise(settings, done, memo), len(done), len(todo)
     if missing:
         yield summarise(settings, done, memo), len(done), len(todo)
+
+
+def sft_records(settings: LabSettings, cache: CellCache | None = None) -> list[dict]:
+    """A finished lab run's verified paths as chat-format SFT records (the shape of ``traces.sft_records``):
+    every right sample of its best-of-N runs, each distinct path of a problem once, from the cache."""
+    cache = cache or CellCache()
+    records = []
+    for cell, prob in plan(settings):
+        if cell.kind != "samples" or (found := cache.get(cell.key())) is None:
+            continue
+        seen = set()
+        for i, sample in enumerate(found["samples"]):
+            steps = tuple(sample.get("steps") or ())
+            if steps and steps not in seen:
+                seen.add(steps)
+                records.append({"messages": [{"role": "user", "content": prob.question},
+                                             {"role": "assistant", "content": "\n\n".join(steps)}],
+                                "answer": sample["answer"], "source": "verified", "problem": prob.id,
+                                "sample": i, "score": sample["score"], "strategy": "best_of_n"})
+    return records

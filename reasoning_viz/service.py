@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .lab import LAB_STRATEGIES, CellCache, LabSettings, run_lab
+from .lab import LAB_STRATEGIES, CellCache, LabSettings, run_lab, sft_records as lab_sft_records
 from .models.engine import EngineError
 from .models.loading import PRESETS, load_models, load_preset
 from .models.presets import MATH_SYSTEM_PROMPT, MODEL_CARDS, POLICY_SCORED_KINDS, SCORER_KINDS, check_model_ref
@@ -360,8 +360,10 @@ class ExportFolder:
         self.root, self.max_files = Path(root), max_files
         self._lock = threading.Lock()
 
-    def new_path(self, tree: SearchTree, suffix: str) -> Path:
-        strategy = re.sub(r"[^a-z0-9_]", "", str(tree.run.get("strategy", "")).lower())[:32] or "run"
+    def new_path(self, tree: SearchTree | None, suffix: str, label: str = "") -> Path:
+        """A fresh file name: the tree's strategy (or ``label``, for what is not one tree) in it."""
+        label = str(tree.run.get("strategy", "")) if tree is not None else label
+        strategy = re.sub(r"[^a-z0-9_]", "", label.lower())[:32] or "run"
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             old = sorted(self.root.glob("reasoning-tree-*"), key=_mtime)
@@ -522,3 +524,14 @@ def stream_lab(settings: LabSettings, session: str, run_id: str | None = None,
     finally:
         cancel_event.set()
         _unregister(session, run_id)
+
+
+def export_lab_training(settings: LabSettings, folder: ExportFolder = EXPORTS) -> Path:
+    """The verified paths of a lab run's searches (those in the cache) as chat-format SFT JSONL."""
+    records = lab_sft_records(settings, CellCache())
+    if not records:
+        raise ValueError("No verified path yet: run the lab with these settings first (best-of-N or a vote "
+                         "among its strategies).")
+    path = folder.new_path(None, ".sft.jsonl", label="lab")
+    path.write_text(jsonl(records), encoding="utf-8")
+    return path

@@ -280,6 +280,12 @@ def test_a_lab_run_draws_its_curves_and_refuses_bad_settings(client):
     assert out[4]["headers"] == ["level", "N=1", "N=2"] and [r[0] for r in out[4]["data"]] == ["level 1", "all levels"]
     again = client.predict(*LAB_ARGS, api_name="/lab")  # from the cache: the same numbers
     assert _figure(again[0])["data"] == _figure(out[0])["data"]
+    assert _figure(out[1])["data"][0]["y"][-1] > 0  # coverage@2 of the level-1 problem: a right sample
+    path = client.predict(*LAB_ARGS[:7], api_name="/lab_training")  # whose path is training data
+    records = [json.loads(line) for line in open(path, encoding="utf-8")]
+    assert records and all(r["source"] == "verified" for r in records)
+    with pytest.raises(Exception, match="No verified path yet"):
+        client.predict(*LAB_ARGS[:6], 99, api_name="/lab_training")  # another seed: nothing run yet
     for change, refusal in [({3: ["1", "1000"]}, "up to N = 64"), ({2: ["mcts"]}, "the lab's strategies"),
                             ({5: "many"}, "problems per level"), ({4: ["9"]}, "Levels are"),
                             ({5: 20, 4: ["1", "2", "3", "4"]}, "at most 60 problems"), ({0: "gpt-17"}, "preset list")]:

@@ -77,13 +77,16 @@ def test_lab_writes_its_data_tables_and_figures_and_refuses_bad_settings(tmp_pat
     args = ["lab", "--strategies", "best_of_n,beam_search", "--budgets", "1,2", "--levels", "2", "--per-level", "1",
             "--large-preset", "none", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
             "--html", str(tmp_path / "lab.html")]
-    assert main(args) == 0
+    assert main([*args, "--sft", str(tmp_path / "sft.jsonl")]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "lab.json").read_text())
     assert summary["budgets"] == [1, 2] and summary["problems"] == 1 and set(summary["accuracy"]) == {"best_of_n", "beam_search"}
     beam = summary["accuracy"]["beam_search"]["all"]
     assert f"| PRM beam search | {beam['1']['accuracy']:.1f} | {beam['2']['accuracy']:.1f} |" in printed
     assert "plotly" in (tmp_path / "lab.html").read_text()
+    records = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    right = summary["coverage"]["all"]["2"] > 0  # the run's two samples: a verified path exists if one is right
+    assert bool(records) == right and all(r["source"] == "verified" and r["messages"][0]["role"] == "user" for r in records)
     for bad, refusal in [(["--budgets", "1,x"], "comma-separated whole numbers"), (["--strategies", "mcts"], "lab compares"),
                          (["--levels", "9"], "Levels are")]:
         with pytest.raises(SystemExit, match=refusal):

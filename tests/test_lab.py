@@ -163,3 +163,20 @@ def test_the_lab_figures_and_tables_draw_a_summary():
     assert "| level 1 | PRM beam search 60 | Best-of-N (PRM) 90 |" in text
     page = lab_html(SUMMARY)
     assert page.count("plotly.js") >= 1 and json.dumps(SUMMARY["settings"]) not in page
+
+
+def test_a_lab_runs_verified_paths_become_sft_records(bundled_models, tmp_path):
+    from reasoning_viz.lab import sft_records
+    from reasoning_viz.problems.grading import answers_match
+
+    settings = LabSettings(strategies=("best_of_n",), budgets=(8,), levels=(3,), per_level=2, large_preset=None)
+    cache = CellCache(tmp_path)
+    list(run_lab(settings, lambda _: bundled_models, cache))
+    samples = [cache.get(c.key())["samples"] for c, _ in plan(settings) if c.kind == "samples"]
+    records = sft_records(settings, cache)
+    distinct = sum(len({tuple(s["steps"]) for s in ss if s["correct"]}) for ss in samples)
+    assert len(records) == distinct > 0
+    gold = {p.id: p.answer for _, p in settings.problems()}
+    assert all(answers_match(r["answer"], str(gold[r["problem"]])) for r in records)
+    paths = {"\n\n".join(s["steps"]) for ss in samples for s in ss if s["correct"]}
+    assert {r["messages"][1]["content"] for r in records} == paths

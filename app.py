@@ -113,7 +113,7 @@ body.rv-projector #tree-plot svg text {font-size: 15px !important; fill: #000 !i
   #tree-column {order: 1}
   #controls-more {order: 2; flex: 1 1 100%}
   #inspector-column {order: 3}
-  .tab-wrapper .tab-container button {padding: 0 6px !important}  /* all four tabs fit: none behind "…" */
+  .tab-wrapper .tab-container button {padding: 0 4px !important; font-size: 14px !important}  /* all five tabs fit: none behind "…" */
 }
 """
 

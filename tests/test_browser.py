@@ -178,7 +178,7 @@ def test_a_recorded_run_is_rejudged_and_turned_into_training_data(browser, serve
     page.close()
 
 
-TABS = ("Explore", "Compare", "Strategies", "Models")
+TABS = ("Explore", "Compare", "Lab", "Strategies", "Models")
 
 
 def test_phone_layout_keeps_run_and_the_tree_in_reach(browser, server, artifacts_dir):

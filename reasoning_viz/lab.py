@@ -229,12 +229,13 @@ def plan(settings: LabSettings) -> list[tuple[Cell, Problem]]:
 
 
 def run_cell(cell: Cell, problem: Problem, models: Models, cancel: threading.Event | None = None) -> dict | None:
-    """Search once and keep what the lab needs; ``None`` if stopped before the end (not cached)."""
+    """Search once and keep what the lab needs; ``None`` if the user stopped it (not cached). A search
+    that reaches its budget is a result like any other (its record says so)."""
     params = STRATEGIES[cell.strategy].params(**cell.params)
     budget = Budget(max_nodes=20_000, max_tokens=2_000_000, max_seconds=3600.0)
     tree = run_search(problem.question, cell.strategy, models, params, seed=cell.seed, budget=budget,
                       gold=str(problem.answer), cancel=cancel)
-    if tree.run.get("stopped"):
+    if cancel is not None and cancel.is_set():
         return None
     totals = tree.run["totals"]
     out: dict[str, Any] = {"tokens": totals["policy_tokens"], "scorer_tokens": totals["scorer_tokens"]}

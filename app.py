@@ -733,7 +733,8 @@ def lab_view(run_name: gr.Textbox) -> None:
     raw = dict(preprocess=False)
     level.change(lab_level, [level, state], outputs[:5], api_name="lab_level", **raw)
     run_btn.click(lab, [preset, large, strategies, budgets, levels, per_level, seed, level, run_name], outputs,
-                  api_name="lab", concurrency_id="model", **raw)
+                  api_name="lab", concurrency_id="lab", concurrency_limit=1, **raw)  # not a model-queue slot for
+    # minutes: each of its searches takes the model slot in turn (service.stream_lab), so others' runs go between
     stop_btn.click(stop, run_name, note, api_visibility="private", queue=False, **raw)
     sft_btn.click(lab_training, [preset, large, strategies, budgets, levels, per_level, seed], sft_file,
                   api_name="lab_training", **raw)

@@ -675,10 +675,11 @@ def lab(preset, large_preset, strategies, budgets, levels, per_level, seed, leve
 
 @user_errors("making the lab's training data")
 def lab_training(preset, large_preset, strategies, budgets, levels, per_level, seed):
-    """The verified paths of the lab run these settings describe, from the cache, as SFT JSONL."""
+    """The lab run these settings describe, from the cache: its verified paths (SFT JSONL) and its
+    searches' Stream-of-Search traces (JSONL)."""
     settings = service.lab_settings(preset, None if large_preset == "none" else large_preset, strategies, budgets,
                                     levels, per_level, seed)
-    return str(service.export_lab_training(settings))
+    return [str(p) for p in service.export_lab_training(settings)]
 
 
 @user_errors("drawing the lab run")
@@ -727,8 +728,9 @@ def lab_view(run_name: gr.Textbox) -> None:
         with gr.Row():
             run_btn = gr.Button("Run the lab", variant="primary", elem_id="lab-run")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="lab-stop")
-            sft_btn = gr.Button("Make training data (verified paths, SFT JSONL)", elem_id="lab-sft")
-        sft_file = gr.File(label="Training data", interactive=False, elem_id="lab-sft-file")
+            sft_btn = gr.Button("Make training data: SFT paths + Stream-of-Search traces", elem_id="lab-sft")
+        sft_file = gr.File(label="SFT JSONL (verified paths), trace JSONL (one per search)", file_count="multiple",
+                           interactive=False, elem_id="lab-sft-file")
     outputs = [acc, cov, tok, bars, envelope, note, state]
     raw = dict(preprocess=False)
     level.change(lab_level, [level, state], outputs[:5], api_name="lab_level", **raw)

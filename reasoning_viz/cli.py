@@ -179,9 +179,10 @@ def cmd_lab(args) -> int:
 
     from tqdm import tqdm
 
-    from .lab import CellCache, LabSettings, run_lab, sft_records
+    from .lab import CellCache, LabSettings, run_lab, sft_records, sos_records
     from .models.loading import load_preset
     from .render.lab import lab_html, lab_markdown
+    from .traces import jsonl
 
     settings = LabSettings(preset=args.preset, large_preset=None if args.large_preset == "none" else args.large_preset,
                            strategies=tuple(x.strip() for x in args.strategies.split(",") if x.strip()),
@@ -202,10 +203,12 @@ def cmd_lab(args) -> int:
     if args.html:
         args.html.write_text(lab_html(summary), encoding="utf-8")
         print(f"figures: {args.html}")
-    if args.sft:
-        records = sft_records(settings, CellCache(args.cache) if args.cache else None)
-        args.sft.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        print(f"SFT data: {args.sft} ({len(records)} verified paths)")
+    for path, records_of, what in ((args.sft, sft_records, "SFT data (verified paths)"),
+                                   (args.sos, sos_records, "Stream-of-Search traces (searches)")):
+        if path:
+            records = records_of(settings, CellCache(args.cache) if args.cache else None)
+            path.write_text(jsonl(records), encoding="utf-8")
+            print(f"{what}: {path} ({len(records)} records)")
     return 0
 
 
@@ -256,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--out", type=Path, default=Path("lab-run"), help="folder for lab.json (assets/lab: the shipped run)")
     lab.add_argument("--html", type=Path, help="also write every figure to this offline HTML page")
     lab.add_argument("--sft", type=Path, help="also write the run's verified paths here, as chat-format SFT JSONL")
+    lab.add_argument("--sos", type=Path, help="also write every search's Stream-of-Search trace here, as JSONL")
     lab.add_argument("--cache", type=Path, help="cell cache folder (default: RV_LAB_CACHE or ~/.cache/reasoning_viz/lab)")
     lab.add_argument("--preset", default=DEFAULT_PRESET)
     lab.add_argument("--seed", type=int, default=0)

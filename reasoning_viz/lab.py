@@ -13,13 +13,16 @@ and a changed one recomputes only what changed:
 - ``beam_search`` / ``dvts``: a separate search at every budget N (their trees are not prefixes of a
   bigger one).
 
-``run_lab`` yields the result as cells finish, so a caller can draw the curves as they fill in.
+``run_lab`` yields the result as cells finish, so a caller can draw the curves as they fill in. Each
+cell also keeps its search's Stream-of-Search trace (``traces.py``), and the verified paths of the
+sampled runs, so a finished lab run is training data too (``sft_records``, ``sos_records``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import itertools
 import json
@@ -27,6 +30,7 @@ import os
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from math import comb
@@ -36,9 +40,11 @@ from typing import Any
 import numpy as np
 
 from .models.loading import DEFAULT_PRESET, PRESETS
+from .problems.grading import answers_match
 from .problems.tinygsm import LEVELS, Problem, load_test_set
 from .search import Budget, Models
 from .strategies import STRATEGIES, run_search
+from .traces import actions_text, sos_actions
 
 SUBSET_CAP = 2000  # k-subsets enumerated (or sampled) per problem for the vote estimates
 LAB_STRATEGIES = ("best_of_n", "self_consistency", "weighted_vote", "beam_search", "dvts")
@@ -161,7 +167,7 @@ class Cell:
         p = PRESETS[self.preset]
         ident = {**dataclasses.asdict(self), "policy": model_fingerprint(p.policy),
                  "scorer": model_fingerprint(p.scorer), "scorer_kind": p.scorer_kind,
-                 "temperature": p.temperature, "version": 2}
+                 "temperature": p.temperature, "version": 3}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
@@ -186,25 +192,26 @@ def model_fingerprint(ref: str) -> str:
 
 
 class CellCache:
-    """Finished cells as small JSON files under ``root``, one per cell key."""
+    """Finished cells as small gzipped JSON files under ``root``, one per cell key (a best-of-64 search's
+    trace is about 90 KB of JSON, 9 KB gzipped)."""
 
     def __init__(self, root: str | Path = CACHE_DIR):
         self.root = Path(root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+        return self.root / key[:2] / f"{key}.json.gz"
 
     def get(self, key: str) -> dict | None:
         try:
-            return json.loads(self._path(key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return json.loads(gzip.decompress(self._path(key).read_bytes()))
+        except (OSError, EOFError, ValueError, zlib.error):  # missing, or cut short: run it again
             return None
 
     def put(self, key: str, value: dict) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(value), encoding="utf-8")
+        tmp.write_bytes(gzip.compress(json.dumps(value).encode("utf-8"), mtime=0))
         tmp.replace(path)  # atomic: a reader never sees half a file
 
 
@@ -238,7 +245,8 @@ def run_cell(cell: Cell, problem: Problem, models: Models, cancel: threading.Eve
     if cancel is not None and cancel.is_set():
         return None
     totals = tree.run["totals"]
-    out: dict[str, Any] = {"tokens": totals["policy_tokens"], "scorer_tokens": totals["scorer_tokens"]}
+    out: dict[str, Any] = {"tokens": totals["policy_tokens"], "scorer_tokens": totals["scorer_tokens"],
+                           "sos": sos_actions(tree)}
     if cell.kind == "samples":
         ends = sorted((n for n in tree.nodes() if n.id != 0 and not tree.children(n.id)), key=lambda n: n.id)
         answered = [n.status == "terminal" and n.answer is not None for n in ends]  # one chain each
@@ -382,4 +390,20 @@ def sft_records(settings: LabSettings, cache: CellCache | None = None) -> list[d
                                              {"role": "assistant", "content": "\n\n".join(steps)}],
                                 "answer": sample["answer"], "source": "verified", "problem": prob.id,
                                 "sample": i, "score": sample["score"], "strategy": "best_of_n"})
+    return records
+
+
+def sos_records(settings: LabSettings, cache: CellCache | None = None) -> list[dict]:
+    """A lab run's searches (those in the cache) as Stream-of-Search traces, one record per search: which
+    search it was, whether its answer is right, the trace's actions and its text (``traces.py``)."""
+    cache = cache or CellCache()
+    records = []
+    for cell, prob in plan(settings):
+        if (found := cache.get(cell.key())) is None:
+            continue
+        answer = next((a.get("answer") for a in found["sos"] if a["action"] == "answer"), None)
+        records.append({"problem": prob.id, "level": prob.level, "kind": cell.kind, "strategy": cell.strategy,
+                        "params": cell.params, "preset": cell.preset, "seed": cell.seed, "answer": answer,
+                        "correct": answer is not None and answers_match(answer, str(prob.answer)),
+                        "actions": found["sos"], "text": actions_text(found["sos"])})
     return records

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .lab import LAB_STRATEGIES, CellCache, LabSettings, run_lab, sft_records as lab_sft_records
+from .lab import LAB_STRATEGIES, CellCache, LabSettings, run_lab, sft_records as lab_sft_records, sos_records
 from .models.engine import EngineError
 from .models.loading import PRESETS, load_models, load_preset
 from .models.presets import MATH_SYSTEM_PROMPT, MODEL_CARDS, POLICY_SCORED_KINDS, SCORER_KINDS, check_model_ref
@@ -526,12 +526,17 @@ def stream_lab(settings: LabSettings, session: str, run_id: str | None = None,
         _unregister(session, run_id)
 
 
-def export_lab_training(settings: LabSettings, folder: ExportFolder = EXPORTS) -> Path:
-    """The verified paths of a lab run's searches (those in the cache) as chat-format SFT JSONL."""
-    records = lab_sft_records(settings, CellCache())
-    if not records:
-        raise ValueError("No verified path yet: run the lab with these settings first (best-of-N or a vote "
-                         "among its strategies).")
-    path = folder.new_path(None, ".sft.jsonl", label="lab")
-    path.write_text(jsonl(records), encoding="utf-8")
-    return path
+def export_lab_training(settings: LabSettings, folder: ExportFolder = EXPORTS) -> list[Path]:
+    """A lab run's searches (those in the cache) as training data: the verified paths as chat-format SFT
+    JSONL (when best-of-N or a vote ran and found one), and every search's Stream-of-Search trace as JSONL."""
+    traces = sos_records(settings, CellCache())
+    if not traces:
+        raise ValueError("Nothing of this lab run is cached yet: run the lab with these settings first.")
+    files = [(".sft.jsonl", lab_sft_records(settings, CellCache())), (".sos.jsonl", traces)]
+    paths = []
+    for suffix, records in files:
+        if records:
+            path = folder.new_path(None, suffix, label="lab")
+            path.write_text(jsonl(records), encoding="utf-8")
+            paths.append(path)
+    return paths

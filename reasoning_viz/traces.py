@@ -77,8 +77,13 @@ def sos_actions(tree: SearchTree) -> list[dict[str, Any]]:
 
 def sos_text(tree: SearchTree) -> str:
     """The Stream-of-Search trace as text, one line per action (children indented under their expansion)."""
+    return actions_text(sos_actions(tree))
+
+
+def actions_text(actions: list[dict[str, Any]]) -> str:
+    """``sos_actions`` (as returned, or read back from JSON) as the trace's text."""
     lines = []
-    for a in sos_actions(tree):
+    for a in actions:
         kind = a["action"]
         if kind == "question":
             lines.append(f"Question: {a['text']}")

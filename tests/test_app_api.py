@@ -281,10 +281,14 @@ def test_a_lab_run_draws_its_curves_and_refuses_bad_settings(client):
     again = client.predict(*LAB_ARGS, api_name="/lab")  # from the cache: the same numbers
     assert _figure(again[0])["data"] == _figure(out[0])["data"]
     assert _figure(out[1])["data"][0]["y"][-1] > 0  # coverage@2 of the level-1 problem: a right sample
-    path = client.predict(*LAB_ARGS[:7], api_name="/lab_training")  # whose path is training data
-    records = [json.loads(line) for line in open(path, encoding="utf-8")]
-    assert records and all(r["source"] == "verified" for r in records)
-    with pytest.raises(Exception, match="No verified path yet"):
+    sft, sos = client.predict(*LAB_ARGS[:7], api_name="/lab_training")  # whose path is training data
+    records = [json.loads(line) for line in open(sft, encoding="utf-8")]
+    assert sft.endswith(".sft.jsonl") and records and all(r["source"] == "verified" for r in records)
+    traces = [json.loads(line) for line in open(sos, encoding="utf-8")]
+    assert sos.endswith(".sos.jsonl") and {(t["kind"], t["strategy"]) for t in traces} == {
+        ("greedy", "cot"), ("samples", "best_of_n"), ("beam_search", "beam_search")}
+    assert all(t["text"].startswith("Question: ") for t in traces)
+    with pytest.raises(Exception, match="Nothing of this lab run is cached yet"):
         client.predict(*LAB_ARGS[:6], 99, api_name="/lab_training")  # another seed: nothing run yet
     for change, refusal in [({3: ["1", "1000"]}, "up to N = 64"), ({2: ["mcts"]}, "the lab's strategies"),
                             ({5: "many"}, "problems per level"), ({4: ["9"]}, "Levels are"),

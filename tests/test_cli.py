@@ -77,7 +77,7 @@ def test_lab_writes_its_data_tables_and_figures_and_refuses_bad_settings(tmp_pat
     args = ["lab", "--strategies", "best_of_n,beam_search", "--budgets", "1,2", "--levels", "2", "--per-level", "1",
             "--large-preset", "none", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
             "--html", str(tmp_path / "lab.html")]
-    assert main([*args, "--sft", str(tmp_path / "sft.jsonl")]) == 0
+    assert main([*args, "--sft", str(tmp_path / "sft.jsonl"), "--sos", str(tmp_path / "sos.jsonl")]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "lab.json").read_text())
     assert summary["budgets"] == [1, 2] and summary["problems"] == 1 and set(summary["accuracy"]) == {"best_of_n", "beam_search"}
@@ -87,6 +87,12 @@ def test_lab_writes_its_data_tables_and_figures_and_refuses_bad_settings(tmp_pat
     records = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
     right = summary["coverage"]["all"]["2"] > 0  # the run's two samples: a verified path exists if one is right
     assert bool(records) == right and all(r["source"] == "verified" and r["messages"][0]["role"] == "user" for r in records)
+    traces = [json.loads(line) for line in (tmp_path / "sos.jsonl").read_text().splitlines()]
+    # one per search: the greedy chain, the best-of-2 samples, beam search at N = 1 and 2
+    assert [(t["kind"], t["params"].get("n")) for t in traces] == [("greedy", None), ("samples", 2), ("beam_search", 1),
+                                                                  ("beam_search", 2)]
+    assert all(t["text"].startswith("Question: ") and t["actions"][-1]["action"] in ("answer", "no-answer")
+               for t in traces)
     for bad, refusal in [(["--budgets", "1,x"], "comma-separated whole numbers"), (["--strategies", "mcts"], "lab compares"),
                          (["--levels", "9"], "Levels are")]:
         with pytest.raises(SystemExit, match=refusal):

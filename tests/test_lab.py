@@ -125,6 +125,18 @@ def test_the_cache_returns_stored_cells_for_the_same_settings_and_recomputes_for
     assert len(calls) == cells
 
 
+def test_the_cell_cache_reads_back_what_it_wrote_and_treats_a_damaged_file_as_missing(tmp_path):
+    cache = CellCache(tmp_path)
+    value = {"tokens": 12, "sos": [{"action": "score", "scores": {"3": 0.5}}]}
+    cache.put("ab" + "0" * 62, value)
+    assert cache.get("ab" + "0" * 62) == value and cache.get("cd" + "0" * 62) is None
+    (path,) = tmp_path.rglob("*.json.gz")
+    path.write_bytes(path.read_bytes()[:-9])  # cut short, as by a full disk
+    assert cache.get("ab" + "0" * 62) is None
+    path.write_bytes(b"not gzip at all")
+    assert cache.get("ab" + "0" * 62) is None
+
+
 def test_a_stopped_lab_run_keeps_what_finished_and_caches_no_partial_cell(bundled_models, tmp_path):
     import threading
 
@@ -136,7 +148,7 @@ def test_a_stopped_lab_run_keeps_what_finished_and_caches_no_partial_cell(bundle
         if done >= 2:
             stop.set()
     assert seen[-1] == 2 < len(plan(settings))
-    assert len(list(tmp_path.rglob("*.json"))) == 2
+    assert len(list(tmp_path.rglob("*.json.gz"))) == 2
 
 
 SUMMARY = {"version": 1, "settings": {"preset": "p"}, "problems": 2, "levels": ["1", "all"], "budgets": [1, 4],
@@ -180,3 +192,27 @@ def test_a_lab_runs_verified_paths_become_sft_records(bundled_models, tmp_path):
     assert all(answers_match(r["answer"], str(gold[r["problem"]])) for r in records)
     paths = {"\n\n".join(s["steps"]) for ss in samples for s in ss if s["correct"]}
     assert {r["messages"][1]["content"] for r in records} == paths
+
+
+def test_a_lab_runs_searches_become_stream_of_search_traces(bundled_models, tmp_path):
+    """#23: every cached search of a lab run is one Stream-of-Search record, and its trace is the one the
+    same search's tree gives (``traces.sos_actions``), read back from the cache."""
+    from reasoning_viz.lab import sos_records
+    from reasoning_viz.traces import sos_actions, sos_text
+
+    settings = LabSettings(strategies=("best_of_n", "beam_search"), budgets=(2,), levels=(2,), per_level=1,
+                           large_preset=None)
+    cache = CellCache(tmp_path)
+    assert sos_records(settings, cache) == []  # nothing run yet
+    list(run_lab(settings, lambda _: bundled_models, cache))
+    records = sos_records(settings, cache)
+    cells = plan(settings)
+    assert [(r["kind"], r["strategy"], r["params"]) for r in records] == [(c.kind, c.strategy, c.params) for c, _ in cells]
+    for record, (cell, problem) in zip(records, cells):
+        tree = run_search(problem.question, cell.strategy, bundled_models, STRATEGIES[cell.strategy].params(**cell.params),
+                          seed=cell.seed, gold=str(problem.answer))
+        assert record["actions"] == json.loads(json.dumps(sos_actions(tree)))  # as JSON keeps it
+        assert record["text"] == sos_text(tree)
+        chosen = tree.run["selection"]["node_id"]
+        assert record["correct"] == bool(chosen is not None and tree.node(chosen).correct)
+        assert record["problem"] == problem.id and record["text"].startswith(f"Question: {problem.question}")

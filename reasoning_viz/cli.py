@@ -1,9 +1,10 @@
-"""``python -m reasoning_viz {solve,eval,bench}``: the engine from a terminal.
+"""``python -m reasoning_viz {solve,eval,bench,lab,prm-flags}``: the engine from a terminal.
 
   solve  a question -> the chosen answer; optionally the tree as JSON and an offline HTML figure
   eval   strategies over the held-out TinyGSM set: accuracy, tokens and seconds per problem
   bench  the batched step generator against plain ``generate`` calls, and the PRM's cost by depth
   lab    the scaling lab: accuracy against N per strategy and level; writes the data, figures and tables
+  prm-flags  the command that serves a Math-Shepherd-format PRM with vLLM, for ``--prm-url``
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def cmd_solve(args) -> int:
     from .strategies import run_search
 
     params = parse_params(args.strategy, args.set or [])
-    models = load_preset(args.preset, args.engine_url)
+    models = load_preset(args.preset, args.engine_url, args.prm_url)
     tree = run_search(args.question, args.strategy, models, params, seed=args.seed, budget=_budget(args),
                       gold=args.gold)
     sel, totals = tree.run["selection"], tree.run["totals"]
@@ -120,9 +121,10 @@ def cmd_eval(args) -> int:
         problems = [p for lv in levels for p in [q for q in problems if q.level == lv][: args.limit]]
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
-    models = load_preset(args.preset, args.engine_url)
+    models = load_preset(args.preset, args.engine_url, args.prm_url)
     print(f"{len(problems)} held-out problems (levels {args.levels}), N={args.n}, seed {args.seed}, "
-          f"preset {args.preset!r}" + (f", engine {args.engine_url}" if args.engine_url else "") + "\n")
+          f"preset {args.preset!r}" + (f", engine {args.engine_url}" if args.engine_url else "")
+          + (f", PRM engine {args.prm_url}" if args.prm_url else "") + "\n")
     per_level = len(levels) > 1  # accuracy by difficulty too: where search helps, and where it cannot
     level_cells = "".join(f" level {lv} |" for lv in levels) if per_level else ""
     print(f"| strategy | accuracy % |{level_cells} policy tokens / problem | PRM tokens / problem | seconds / problem |")
@@ -190,7 +192,7 @@ def cmd_lab(args) -> int:
                            per_level=args.per_level, seed=args.seed)
     settings.validate(max_n=1024, max_problems=600)
     bar = tqdm(desc="lab searches", dynamic_ncols=True, file=sys.stderr)
-    for summary, done, total in run_lab(settings, lambda name: load_preset(name, args.engine_url),
+    for summary, done, total in run_lab(settings, lambda name: load_preset(name, args.engine_url, args.prm_url),
                                         CellCache(args.cache) if args.cache else None):
         bar.total = total
         bar.n = done
@@ -209,6 +211,19 @@ def cmd_lab(args) -> int:
             records = records_of(settings, CellCache(args.cache) if args.cache else None)
             path.write_text(jsonl(records), encoding="utf-8")
             print(f"{what}: {path} ({len(records)} records)")
+    return 0
+
+
+def cmd_prm_flags(args) -> int:
+    import shlex
+
+    from .models.engine import prm_engine_flags
+    from .models.loading import load_tokenizer
+    from .models.presets import BUNDLED_PRM
+
+    model = args.model or str(BUNDLED_PRM)
+    flags = prm_engine_flags(load_tokenizer(model))
+    print(shlex.join(["python", "-m", "vllm.entrypoints.openai.api_server", "--model", model, *flags]))
     return 0
 
 
@@ -232,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--engine-url", metavar="URL",
                        help="generate the policy's steps through this vLLM server (it must serve the preset's "
                             "policy); the preset's scorer still runs here")
+        p.add_argument("--prm-url", metavar="URL",
+                       help="score steps through this vLLM server's pooling API (it must serve the preset's "
+                            "Math-Shepherd-format PRM with the flags of 'prm-flags')")
 
     solve = sub.add_parser("solve", help="answer one question and record the search")
     solve.add_argument("question")
@@ -264,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--preset", default=DEFAULT_PRESET)
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--engine-url", metavar="URL", help="as for eval")
+    lab.add_argument("--prm-url", metavar="URL", help="as for eval")
+    flags = sub.add_parser("prm-flags", help="the vLLM flags that serve a Math-Shepherd-format PRM for --prm-url")
+    flags.add_argument("model", nargs="?", default=None, help="the PRM's folder or hub id (default: the bundled PRM)")
     bench = sub.add_parser("bench", help="generator and PRM speed figures")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
     bench.add_argument("--engine-url", metavar="URL",
@@ -281,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "strategy", None) and args.command == "solve" and args.strategy not in STRATEGIES:
         raise SystemExit(f"unknown strategy {args.strategy!r}; choose from {', '.join(STRATEGIES)}")
     try:
-        return {"solve": cmd_solve, "eval": cmd_eval, "bench": cmd_bench, "lab": cmd_lab}[args.command](args)
+        return {"solve": cmd_solve, "eval": cmd_eval, "bench": cmd_bench, "lab": cmd_lab,
+                "prm-flags": cmd_prm_flags}[args.command](args)
     except (ValueError, EngineError) as exc:  # bad input, an engine that is down: one clear line, not a trace
         raise SystemExit(f"error: {exc}") from None

@@ -286,6 +286,8 @@ def run_strategy(question: str, spec: StrategySpec, models: Models, params: Any 
         "engine": models.generator.describe(),
         "warnings": [off_domain] if off_domain else [],
     })
+    if hasattr(models.scorer, "describe"):  # a PRM served by an engine (``EnginePRM``)
+        tree.run["scorer_engine"] = models.scorer.describe()
     # the run's own scorer state (caches, token count): the same seed gives the same tree however
     # many other runs share the models at the same time
     models = dataclasses.replace(models, scorer=models.scorer.for_run())

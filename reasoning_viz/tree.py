@@ -325,8 +325,9 @@ def _check_run(run: dict) -> None:
     warnings = run.get("warnings", [])
     if not isinstance(warnings, list) or not all(isinstance(w, str) and len(w) < MAX_TEXT for w in warnings):
         raise TreeFormatError("the run's 'warnings' must be a list of sentences")
-    for key in ("budget", "totals", "params", "models", "versions", "engine"):
-        value = run.get(key, {}) if key != "engine" else run.get(key) or {}  # engine: None when in-process
+    for key in ("budget", "totals", "params", "models", "versions", "engine", "scorer_engine"):
+        engine = key in ("engine", "scorer_engine")  # None when in-process
+        value = (run.get(key) or {}) if engine else run.get(key, {})
         if not isinstance(value, dict) or not all(
                 isinstance(v, (str, bool, type(None))) or _finite(v) for v in value.values()):
             raise TreeFormatError(f"the run's {key!r} must be an object of plain values")

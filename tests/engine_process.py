@@ -35,7 +35,7 @@ def require_vllm() -> None:
 class VLLMServer:
     """``python -m vllm.entrypoints.openai.api_server`` serving ``model`` on a free loopback port."""
 
-    def __init__(self, model: Path, max_model_len: int = 1024):
+    def __init__(self, model: Path, max_model_len: int = 1024, extra_args: list[str] | None = None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -47,7 +47,8 @@ class VLLMServer:
                      # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded
                      # request's prefill is split across steps, which happens under load; whole prefills only
                      "--no-enable-chunked-prefill",
-                     "--enforce-eager"]  # no compile warm-up: up in about 60 s instead of 90
+                     "--enforce-eager",  # no compile warm-up: up in about 60 s instead of 90
+                     *(extra_args or [])]
         self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                     "DO_NOT_TRACK": "1"}
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"reasoning-viz-vllm-{self.port}.log"

@@ -12,8 +12,8 @@ import pytest
 
 from reasoning_viz import service
 from reasoning_viz.models import loading
-from reasoning_viz.models.engine import EngineClient, EngineError, EngineGenerator
-from reasoning_viz.models.presets import BUNDLED_STUDENT, engine_preset
+from reasoning_viz.models.engine import EngineClient, EngineError, EngineGenerator, EnginePRM
+from reasoning_viz.models.presets import BUNDLED_PRM, BUNDLED_STUDENT, engine_preset
 
 
 def free_port() -> int:
@@ -66,3 +66,15 @@ def test_a_server_that_is_not_an_engine_is_one_sentence():
             EngineClient(f"http://127.0.0.1:{server.server_port}").get("/v1/models")
     finally:
         server.shutdown()
+
+
+def test_a_prm_engine_that_is_down_is_one_sentence_and_only_math_shepherd_prms_go_there():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(EngineError, match=r"^The inference engine at http://127\.0\.0\.1:\d+ is not answering"):
+        EnginePRM.connect(url, loading.load_tokenizer(BUNDLED_PRM))
+    with pytest.raises(ValueError, match="scores Math-Shepherd-format PRMs; this preset's scorer is calculator"):
+        loading.load_models(str(BUNDLED_STUDENT), "calculator", "calculator", prm_url=url)
+    with pytest.raises(ValueError, match="RV_ENGINE_PRM_URL"):
+        engine_preset(url, "Qwen/Qwen2.5-0.5B-Instruct", prm_url=url)  # its preset's scorer is an LLM judge
+    served = engine_preset(url, str(BUNDLED_STUDENT), prm_url=url)
+    assert served.prm_url == url and "the PRM's scores from the engine" in served.description

@@ -1,4 +1,5 @@
-"""Generating steps through an inference engine (vLLM's OpenAI-compatible server) instead of in-process.
+"""Generating and scoring steps through an inference engine (vLLM's OpenAI-compatible server) instead of
+in-process.
 
 ``EngineGenerator`` has the interface of ``generator.StepGenerator`` (``PolicyBackend``), so every
 strategy, the tree record, replay and export work unchanged. What it sends per expansion: one
@@ -11,10 +12,16 @@ probability and top-1 minus top-2 margin are the ones the in-process generator r
 A stopped search closes its connections; vLLM aborts a request whose client went away. Connection
 errors, time-outs and 5xx answers are retried with backoff; then the search ends with one sentence
 that says the engine is not answering (``EngineError``), and the app keeps serving.
+
+``EnginePRM`` scores steps with a Math-Shepherd-format PRM served by vLLM's pooling API: one
+``/pooling`` request per path, its token ids in the PRM's input format, and vLLM's step pooler returns
+P(``+``) at each step tag — the two-way softmax over the ``+``/``-`` logits that ``MathShepherdPRM``
+reads in-process. ``prm_engine_flags`` gives the flags that make vLLM serve a PRM that way.
 """
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import math
@@ -29,6 +36,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .generator import STEP_DELIMITER, SamplingParams, StepSample, chat_prompt_ids, eos_token_ids
+from .scorers import math_shepherd_candidates, math_shepherd_text
 
 RETRIES = 3  # attempts after the first, with backoff 0.5 s, 1 s, 2 s
 TIMEOUT_SECONDS = 120.0  # per request: an engine under load queues requests, it does not drop them
@@ -168,6 +176,26 @@ class EngineClient:
         return None
 
 
+def served_model(client: EngineClient, tokenizer: PreTrainedTokenizerBase, what: str) -> tuple[dict[str, Any], str | None]:
+    """The model the engine serves (its ``/v1/models`` entry) and the engine's version, after checking that
+    the engine tokenizes as ``tokenizer`` does (``what`` names whose tokenizer that is, for the refusal)."""
+    models = client.get("/v1/models").get("data") or []
+    if not models:
+        raise EngineError(f"The inference engine at {client.url} serves no model.")
+    try:
+        version = client.get("/version").get("version")
+    except EngineError:
+        version = None  # an engine without vLLM's /version route
+    probe = "Tom has 3 apples.\n\nHe buys 4 more: 3 + 4 = 7.\n\n\\boxed{7} ки"
+    ours = tokenizer.encode(probe, add_special_tokens=False)
+    theirs = client.post("/tokenize", {"model": models[0]["id"], "prompt": probe,
+                                       "add_special_tokens": False}).get("tokens")
+    if theirs is not None and theirs != ours:
+        raise EngineError(f"The inference engine at {client.url} serves {models[0]['id']!r}, whose tokenizer "
+                          f"differs from {what}: point the preset at the model the engine serves.")
+    return models[0], version
+
+
 class EngineGenerator:
     """Steps from a vLLM server, with the interface of ``StepGenerator``.
 
@@ -190,21 +218,8 @@ class EngineGenerator:
     def connect(cls, url: str, tokenizer: PreTrainedTokenizerBase, **client_options: Any) -> "EngineGenerator":
         """Reach the engine, find the model it serves and check its tokenizer matches ``tokenizer``."""
         client = EngineClient(url, **client_options)
-        models = client.get("/v1/models").get("data") or []
-        if not models:
-            raise EngineError(f"The inference engine at {client.url} serves no model.")
-        try:
-            version = client.get("/version").get("version")
-        except EngineError:
-            version = None  # an engine without vLLM's /version route
-        probe = "Tom has 3 apples.\n\nHe buys 4 more: 3 + 4 = 7.\n\n\\boxed{7}"
-        ours = tokenizer.encode(probe, add_special_tokens=False)
-        theirs = client.post("/tokenize", {"model": models[0]["id"], "prompt": probe,
-                                           "add_special_tokens": False}).get("tokens")
-        if theirs is not None and theirs != ours:
-            raise EngineError(f"The inference engine at {client.url} serves {models[0]['id']!r}, whose tokenizer "
-                              "differs from this preset's policy: point the preset at the model the engine serves.")
-        return cls(client, tokenizer, models[0], version)
+        served, version = served_model(client, tokenizer, "this preset's policy")
+        return cls(client, tokenizer, served, version)
 
     def describe(self) -> dict[str, Any]:
         """What the tree records of the backend."""
@@ -308,6 +323,88 @@ class EngineGenerator:
         if params.max_step_tokens == 1:
             return StepSample([token], text, [first[1]], [first[2]], "length")
         return self._sample(choice, first)
+
+
+def prm_engine_flags(tokenizer: PreTrainedTokenizerBase, step_tag: str = "ки", good_token: str = "+",
+                     bad_token: str = "-") -> list[str]:
+    """The flags that make vLLM (0.32) serve a Math-Shepherd-format PRM for ``EnginePRM``: run it as a
+    pooling model whose one output is the two-way softmax of the ``+``/``-`` logits (its score head is
+    the difference of their rows of the LM head), returned at every step tag."""
+    bad, good = tokenizer.convert_ids_to_tokens(math_shepherd_candidates(tokenizer, good_token, bad_token)[::-1])
+    tag = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
+    overrides = {"classifier_from_token": [bad, good],
+                 "method": "from_2_way_softmax"}
+    pooler = {"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": tag}
+    return ["--runner", "pooling", "--convert", "classify", "--hf-overrides", json.dumps(overrides, ensure_ascii=False),
+            "--pooler-config", json.dumps(pooler)]
+
+
+class EnginePRM:
+    """A Math-Shepherd-format PRM served by vLLM's pooling API, with the interface of ``MathShepherdPRM``
+    (``StepScorer``). ``tokenizer`` is the PRM's tokenizer, loaded locally: paths are formatted and
+    encoded here and only token ids cross the wire. The engine keeps no state of a run's, so a run's
+    scorer is a copy with its own token count."""
+
+    name = "math-shepherd-prm"
+
+    def __init__(self, client: EngineClient, tokenizer: PreTrainedTokenizerBase, served: dict[str, Any],
+                 version: str | None, step_tag: str = "ки"):
+        self.client, self.tokenizer, self.step_tag = client, tokenizer, step_tag
+        self.model_name, self.version = served["id"], version
+        self.step_tag_id = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
+        self._tokens_scored = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, url: str, tokenizer: PreTrainedTokenizerBase, **client_options: Any) -> "EnginePRM":
+        """Reach the engine, check it serves this PRM's tokenizer as a step-pooling model: a one-step path
+        must come back with one score in [0, 1]."""
+        client = EngineClient(url, **client_options)
+        served, version = served_model(client, tokenizer, "this preset's PRM")
+        prm = cls(client, tokenizer, served, version)
+        try:
+            (scores,) = prm.score("Tom has 3 apples. He buys 4 more.", [["Buys 4 more: 3 + 4 = 7"]])
+        except EngineError as err:
+            raise EngineError(f"The inference engine at {client.url} does not score steps as a PRM ({err}). "
+                              "Serve the PRM with the flags of `python -m reasoning_viz prm-flags MODEL`.") from None
+        prm._tokens_scored = 0
+        return prm
+
+    @property
+    def tokens_scored(self) -> int:
+        return self._tokens_scored
+
+    def describe(self) -> dict[str, Any]:
+        """What the tree records of the scorer's engine."""
+        return {"engine": "vllm", "version": self.version, "url": self.client.url, "model": self.model_name}
+
+    def reset(self) -> None:
+        """Nothing is cached here (the engine keeps its own caches)."""
+
+    def for_run(self) -> "EnginePRM":
+        run = copy.copy(self)  # shares the client; the token count and its lock are the run's own
+        run._tokens_scored, run._lock = 0, threading.Lock()
+        return run
+
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+        """P(``+``) at every step of every path, one pooling request per path (sent at once)."""
+        seqs = [self.tokenizer.encode(math_shepherd_text(question, steps, self.step_tag)) for steps in paths]
+        bodies = [{"model": self.model_name, "input": ids, "task": "token_classify"} for ids in seqs]
+        answers = self.client.call_many("POST", "/pooling", bodies)
+        out = []
+        for steps, ids, answer in zip(paths, seqs, answers):
+            try:
+                scores = [float(v[0] if isinstance(v, list) else v) for v in answer["data"][0]["data"]]
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise EngineError(f"The inference engine at {self.client.url} answered a pooling request without "
+                                  "per-token scores.") from None
+            if len(scores) != ids.count(self.step_tag_id) or not all(0.0 <= x <= 1.0 for x in scores):
+                raise EngineError(f"The inference engine at {self.client.url} returned {len(scores)} scores for "
+                                  f"{len(steps)} steps: it must pool the probability of '+' at each step tag.")
+            out.append(scores)
+        with self._lock:
+            self._tokens_scored += sum(len(ids) for ids in seqs)
+        return out
 
 
 def _token_id(key: str) -> int:

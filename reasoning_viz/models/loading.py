@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .generator import DEFAULT_TEMPERATURE, PolicyBackend, StepGenerator
 from .pair import Models
 from . import prm_adapters as pa
-from .engine import EngineGenerator
+from .engine import EngineGenerator, EnginePRM
 from .presets import (BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, SMOLLM2_GGUF, SMOLLM2_INSTALL,  # noqa: F401
                       Preset, check_fits, estimate_memory_gb, trusts_remote_code)
 from .scorers import CalculatorChecker, MathShepherdPRM, MCRolloutScorer, SelfConfidence, StepScorer
@@ -136,11 +136,14 @@ MODELS = ModelCache()
 
 def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str | None = None,
                 temperature: float = DEFAULT_TEMPERATURE, memory_gb: float | None = None, name: str | None = None,
-                engine_url: str | None = None) -> Models:
+                engine_url: str | None = None, prm_url: str | None = None) -> Models:
     """A policy + scorer pair, loaded once and shared by every caller (``MODELS``). Refuses, before
     loading, a pair whose weights (``memory_gb``, else estimated) do not fit this machine. With
-    ``engine_url`` the policy's steps come from that inference engine and only the scorer loads here."""
-    key = (policy, scorer, scorer_kind, system_prompt, temperature, engine_url)
+    ``engine_url`` the policy's steps come from that inference engine, with ``prm_url`` a Math-Shepherd
+    PRM's scores from that one (its pooling API); only what neither serves loads here."""
+    if prm_url and scorer_kind != "math-shepherd":
+        raise ValueError(f"A PRM engine scores Math-Shepherd-format PRMs; this preset's scorer is {scorer_kind}.")
+    key = (policy, scorer, scorer_kind, system_prompt, temperature, engine_url, prm_url)
 
     def load() -> Models:
         device = pick_device()
@@ -161,6 +164,8 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
             scorer_obj = MCRolloutScorer(generator, temperature, system_prompt=system_prompt)
         elif scorer == policy and scorer_kind == "llm-judge" and model is not None:  # one model plays both parts
             scorer_obj = pa.LLMJudge(model, tokenizer)
+        elif prm_url:
+            scorer_obj = EnginePRM.connect(prm_url, load_tokenizer(scorer))
         else:
             scorer_obj = load_scorer(scorer_kind, scorer, device)
         bundled = Path(policy).resolve() in {m.resolve() for m in BUNDLED_MODELS}
@@ -170,14 +175,16 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
     return MODELS.get(key, load)
 
 
-def load_preset(name: str, engine_url: str | None = None) -> Models:
+def load_preset(name: str, engine_url: str | None = None, prm_url: str | None = None) -> Models:
     """The named preset's models (its policy generating through ``engine_url`` if given, a vLLM server
-    that serves it); refuses a preset that does not fit this machine's memory."""
+    that serves it, and its PRM scoring through ``prm_url``); refuses a preset that does not fit this
+    machine's memory."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {list(PRESETS)}")
     p: Preset = PRESETS[name]
     return load_models(p.policy, p.scorer, p.scorer_kind, p.system_prompt, p.temperature, memory_gb=p.memory_gb,
-                       name=f"The preset {p.name!r}", engine_url=engine_url or p.engine_url)
+                       name=f"The preset {p.name!r}", engine_url=engine_url or p.engine_url,
+                       prm_url=prm_url or p.prm_url)
 
 
 def _short(name: str) -> str:

@@ -7,7 +7,9 @@ a host can also let them type model ids, restricted by environment variables:
 - ``RV_TRUST_REMOTE_CODE``: comma-separated ids whose repository code the host trusts to run;
 - ``RV_MODELS_DIR``: the only folder local paths may point into;
 - ``RV_ENGINE_URL``: an inference engine (a vLLM server) that serves ``RV_ENGINE_POLICY`` (default: the
-  bundled student); the app then offers the preset "… served by the engine" (``engine.py``).
+  bundled student); the app then offers the preset "… served by the engine" (``engine.py``);
+- ``RV_ENGINE_PRM_URL``: a vLLM server that serves that preset's Math-Shepherd-format PRM as a pooling
+  model (``engine.prm_engine_flags``), so that its steps are scored there too.
 
 Nothing a user types ever turns ``trust_remote_code`` on: only the host's list does.
 """
@@ -69,6 +71,7 @@ class Preset:
     description: str
     temperature: float = DEFAULT_TEMPERATURE  # default sampling temperature of the policy
     engine_url: str | None = None  # generate through this inference engine instead of in-process
+    prm_url: str | None = None  # score through this engine's pooling API (a Math-Shepherd-format PRM)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -110,19 +113,26 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 
 
 
-def engine_preset(url: str, policy: str) -> Preset:
+def engine_preset(url: str, policy: str, prm_url: str | None = None) -> Preset:
     """The preset a host's engine adds: the scorer of the first preset with the same policy (the bundled
-    PRM for the bundled student), else the policy judging itself; the policy's steps come from the engine."""
+    PRM for the bundled student), else the policy judging itself; the policy's steps come from the engine,
+    and with ``prm_url`` the PRM's scores from that engine (a Math-Shepherd-format PRM only)."""
     base = next((p for p in PRESETS.values() if p.policy == policy), None)
     if base is None:
         base = Preset("", policy, policy, "self-confidence", MATH_SYSTEM_PROMPT, 0.0, "")
+    if prm_url and base.scorer_kind != "math-shepherd":
+        raise ValueError(f"RV_ENGINE_PRM_URL: the engine preset's scorer is {base.scorer_kind}, not a "
+                         "Math-Shepherd-format PRM that a pooling engine can serve")
+    where = f"the PRM's scores from the engine at {prm_url}" if prm_url else f"the {base.scorer_kind} scorer runs here"
     return replace(base, name=f"{Path(policy).name} + {base.scorer_kind}, served by the engine",
-                   engine_url=url, description=f"The policy's steps come from the inference engine at {url} "
-                   f"(the host's RV_ENGINE_URL); the {base.scorer_kind} scorer runs here.")
+                   engine_url=url, prm_url=prm_url or None,
+                   description=f"The policy's steps come from the inference engine at {url} "
+                   f"(the host's RV_ENGINE_URL); {where}.")
 
 
 if os.environ.get("RV_ENGINE_URL", "").strip():  # the host's engine comes first: it is the default
-    _served = engine_preset(os.environ["RV_ENGINE_URL"].strip(), os.environ.get("RV_ENGINE_POLICY") or str(BUNDLED_STUDENT))
+    _served = engine_preset(os.environ["RV_ENGINE_URL"].strip(), os.environ.get("RV_ENGINE_POLICY") or str(BUNDLED_STUDENT),
+                            os.environ.get("RV_ENGINE_PRM_URL", "").strip() or None)
     PRESETS = {_served.name: _served, **PRESETS}
 DEFAULT_PRESET = next(iter(PRESETS))
 

@@ -45,6 +45,21 @@ class StepScorer(Protocol):
         ...
 
 
+def math_shepherd_text(question: str, steps: list[str], step_tag: str = "ки") -> str:
+    """A path in the Math-Shepherd PRM's input format: ``f"{question} Step 1: ... ки\\nStep 2: ... ки"``.
+    A step's own text never carries the tag (a sampled one would add a score): exactly one per step."""
+    output = "\n".join(f"Step {i + 1}: {s.replace(step_tag, '').strip()} {step_tag}" for i, s in enumerate(steps))
+    return f"{question.replace(step_tag, '')} {output}"
+
+
+def math_shepherd_candidates(tokenizer: PreTrainedTokenizerBase, good_token: str = "+", bad_token: str = "-") -> list[int]:
+    """The ids of the good and the bad token, as Math-Shepherd's reference inference reads them."""
+    ids = tokenizer.encode(f"{good_token} {bad_token}", add_special_tokens=False)
+    if len(ids) != 2:
+        raise ValueError(f"'{good_token} {bad_token}' must tokenize to two tokens, got {ids}")
+    return ids
+
+
 class MathShepherdPRM:
     """A causal-LM PRM in the format of ``peiyi9979/math-shepherd-mistral-7b-prm``.
 
@@ -61,10 +76,7 @@ class MathShepherdPRM:
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.step_tag = step_tag
-        candidates = tokenizer.encode(f"{good_token} {bad_token}", add_special_tokens=False)
-        if len(candidates) != 2:
-            raise ValueError(f"'{good_token} {bad_token}' must tokenize to two tokens, got {candidates}")
-        self.candidate_ids = candidates
+        self.candidate_ids = math_shepherd_candidates(tokenizer, good_token, bad_token)
         self.step_tag_id = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
         self.batch_size = batch_size
         self.cache_bytes = cache_mb * 2**20
@@ -83,10 +95,7 @@ class MathShepherdPRM:
         return self._tokens_scored
 
     def format(self, question: str, steps: list[str]) -> str:
-        # a step's own text never carries the tag (a sampled one would add a score): exactly one per step
-        output = "\n".join(f"Step {i + 1}: {s.replace(self.step_tag, '').strip()} {self.step_tag}"
-                            for i, s in enumerate(steps))
-        return f"{question.replace(self.step_tag, '')} {output}"
+        return math_shepherd_text(question, steps, self.step_tag)
 
     def encode(self, question: str, steps: list[str]) -> list[int]:
         return self.tokenizer.encode(self.format(question, steps))

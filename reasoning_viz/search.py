@@ -138,7 +138,8 @@ class SearchContext:
 
     def score(self, node_ids: list[int]) -> None:
         """Score the last step of each node's path with the run's scorer, in batches of
-        ``SCORE_BATCH`` paths with the caps checked between them (scoring thousands can take long)."""
+        ``SCORE_BATCH`` paths with the caps checked between them (scoring thousands can take long), and
+        inside a batch by scorers that wait long (an engine, rollouts)."""
         if not node_ids:
             return
         t0 = time.perf_counter()
@@ -148,10 +149,11 @@ class SearchContext:
         for lo in range(0, len(paths), SCORE_BATCH):
             try:
                 self.check()
+                scores += self.models.scorer.score(self.tree.question, paths[lo:lo + SCORE_BATCH], gold=self.gold,
+                                                   check=self.check)
             except SearchStopped as stop:
                 stopped = stop
                 break
-            scores += self.models.scorer.score(self.tree.question, paths[lo:lo + SCORE_BATCH], gold=self.gold)
         self.seconds_scoring += time.perf_counter() - t0
         if scores:
             self.tree.set_scores({n: s[-1] for n, s in zip(node_ids, scores)},

@@ -78,3 +78,38 @@ def test_a_prm_engine_that_is_down_is_one_sentence_and_only_math_shepherd_prms_g
         engine_preset(url, "Qwen/Qwen2.5-0.5B-Instruct", prm_url=url)  # its preset's scorer is an LLM judge
     served = engine_preset(url, str(BUNDLED_STUDENT), prm_url=url)
     assert served.prm_url == url and "the PRM's scores from the engine" in served.description
+
+
+class NeverAnswers(http.server.BaseHTTPRequestHandler):
+    """An engine that takes a request and hangs (overloaded, or stuck)."""
+
+    def do_POST(self):
+        time.sleep(20)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_search_whose_prm_engine_hangs_ends_at_its_time_cap(tiny_models):
+    """The scorer gets the search's check, so a pooling request that never comes back is given up at the
+    cap (the client's own time-out is 120 s), its steps left unscored, and the tree says why."""
+    import dataclasses
+
+    from reasoning_viz.search import Budget
+    from reasoning_viz.strategies import STRATEGIES, run_search
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NeverAnswers)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        prm = EnginePRM(EngineClient(f"http://127.0.0.1:{server.server_port}"), loading.load_tokenizer(BUNDLED_PRM),
+                        {"id": "prm"}, None)
+        models = dataclasses.replace(tiny_models, scorer=prm)
+        t0 = time.perf_counter()
+        tree = run_search("Mia has 3 apples. She buys 2 more.", "best_of_n", models,
+                          STRATEGIES["best_of_n"].params(n=2, max_depth=1, max_step_tokens=4),
+                          budget=Budget(max_seconds=1.5))
+        assert time.perf_counter() - t0 < 5.0
+        assert "time" in tree.run["stopped"] and all(n.step_score is None for n in tree.nodes()[1:])
+    finally:
+        server.shutdown()

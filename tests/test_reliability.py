@@ -84,7 +84,7 @@ class StopsWhileScoring:
     def for_run(self):
         return self
 
-    def score(self, question, paths, gold=None):
+    def score(self, question, paths, gold=None, check=None):
         self.cancel.set()
         return self.inner.score(question, paths, gold)
 

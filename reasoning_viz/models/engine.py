@@ -386,11 +386,12 @@ class EnginePRM:
         run._tokens_scored, run._lock = 0, threading.Lock()
         return run
 
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None,
+              check: Callable[[], None] | None = None) -> list[list[float]]:
         """P(``+``) at every step of every path, one pooling request per path (sent at once)."""
         seqs = [self.tokenizer.encode(math_shepherd_text(question, steps, self.step_tag)) for steps in paths]
         bodies = [{"model": self.model_name, "input": ids, "task": "token_classify"} for ids in seqs]
-        answers = self.client.call_many("POST", "/pooling", bodies)
+        answers = self.client.call_many("POST", "/pooling", bodies, check or _no_check)
         out = []
         for steps, ids, answer in zip(paths, seqs, answers):
             try:

@@ -22,6 +22,7 @@ import copy
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,7 +60,8 @@ class _PathScorer(ABC):
         return run
 
     @torch.inference_mode()
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None,
+              check: Callable[[], None] | None = None) -> list[list[float]]:
         with self._lock:
             return halve_until_it_fits(lambda _: [self.score_path(question, steps) for steps in paths], 1,
                                        lambda _: True, "out of GPU memory while scoring one path; try a "

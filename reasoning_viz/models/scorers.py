@@ -13,6 +13,7 @@ import math
 import re
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Protocol
 
@@ -30,8 +31,11 @@ class StepScorer(Protocol):
 
     name: str
 
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
-        """One score in [0, 1] for every step of every path, higher = more likely correct."""
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None,
+              check: Callable[[], None] | None = None) -> list[list[float]]:
+        """One score in [0, 1] for every step of every path, higher = more likely correct. ``check`` (a
+        search's caps and Stop) is called where a scorer waits long, and raises to end the call early:
+        the engine's and the policy's own scorers honour it; an in-process PRM's batch is short."""
         ...
 
     @property
@@ -101,7 +105,8 @@ class MathShepherdPRM:
         return self.tokenizer.encode(self.format(question, steps))
 
     @torch.inference_mode()
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None,
+              check: Callable[[], None] | None = None) -> list[list[float]]:
         def attempt(size: float) -> list[list[float]]:
             batch = max(1, int(size))
             if len(paths) > 1:  # all paths share the question: run it once, reuse its cache
@@ -288,10 +293,11 @@ class SelfConfidence:
         starts = [len(prompt), *ends[:-1]]
         return prompt + encode_steps(tok, steps), [(a, max(a + 1, b)) for a, b in zip(starts, ends)]
 
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None,
+              check: Callable[[], None] | None = None) -> list[list[float]]:
         encoded = [self.spans(question, steps) for steps in paths]
         with self._lock:
-            token_logp = self.generator.token_logprobs([ids for ids, _ in encoded])
+            token_logp = self.generator.token_logprobs([ids for ids, _ in encoded], check=check)
             self._tokens += sum(len(ids) for ids, _ in encoded)
         out: list[list[float]] = []
         for (seq, spans), logp in zip(encoded, token_logp):
@@ -344,7 +350,8 @@ class CalculatorChecker:
             verdicts.append(ok)
         return verdicts
 
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None,
+              check: Callable[[], None] | None = None) -> list[list[float]]:
         return [[1.0 if ok else 0.0 for ok in self.check_path(question, steps)] for steps in paths]
 
 
@@ -391,7 +398,8 @@ class MCRolloutScorer:
         run._rng, run._tokens, run._memo = torch.Generator().manual_seed(self.seed), 0, {}
         return run
 
-    def score(self, question: str, paths: list[list[str]], gold: str | None = None) -> list[list[float]]:
+    def score(self, question: str, paths: list[list[str]], gold: str | None = None,
+              check: Callable[[], None] | None = None) -> list[list[float]]:
         prompt = self.generator.prompt_ids(question, self.system_prompt)
         tok = self.generator.tokenizer
         prefixes, owners = [], []
@@ -400,7 +408,8 @@ class MCRolloutScorer:
                 if (question, gold, tuple(steps[: j + 1])) not in self._memo:
                     prefixes.append(prompt + encode_steps(tok, steps[: j + 1]))
                     owners.append((i, j))
-        children = self.generator.expand(prefixes, self.rollouts, self.params, generator=self._rng) if prefixes else []
+        children = (self.generator.expand(prefixes, self.rollouts, self.params, generator=self._rng, check=check)
+                    if prefixes else [])
         for (i, j), rolls in zip(owners, children):
             self._tokens += sum(len(r.token_ids) for r in rolls)
             answers = [extract_boxed(r.text) or extract_boxed(paths[i][j]) for r in rolls]

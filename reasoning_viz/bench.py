@@ -208,7 +208,7 @@ def bench_users(engine_url: str, users: int = 8, searches: int = 5, preset: str 
     run_search(problems[0].question, "beam_search", here)
     rows = [("in-process, one search at a time (RV_CONCURRENCY=1, the default)", here, 1),
             (f"in-process, {users} at once", here, users),
-            (f"vLLM engine at {engine_url}, {users} at once", there, users)]
+            (f"{there.generator.describe()['engine']} engine at {engine_url}, {users} at once", there, users)]
     print(f"\n{users} users x {searches} beam searches each (n=16, beam width 4), preset {preset!r}")
     print("| backend | searches / minute | p95 latency (s) |\n|---|---|---|")
     results = []

@@ -4,7 +4,7 @@
   eval   strategies over the held-out TinyGSM set: accuracy, tokens and seconds per problem
   bench  the batched step generator against plain ``generate`` calls, and the PRM's cost by depth
   lab    the scaling lab: accuracy against N per strategy and level; writes the data, figures and tables
-  prm-flags  the command that serves a Math-Shepherd-format PRM with vLLM, for ``--prm-url``
+  prm-flags  the command that serves a PRM with vLLM (Math-Shepherd-format or Qwen2.5-Math-PRM), for ``--prm-url``
 """
 
 from __future__ import annotations
@@ -222,13 +222,14 @@ def cmd_prm_flags(args) -> int:
     from .models.presets import BUNDLED_PRM
 
     model = args.model or str(BUNDLED_PRM)
-    flags = prm_engine_flags(load_tokenizer(model))
+    flags = prm_engine_flags(load_tokenizer(model), args.kind)
     print(shlex.join(["python", "-m", "vllm.entrypoints.openai.api_server", "--model", model, *flags]))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .lab import DEFAULT_LARGE
+    from .models.engine import ENGINE_PRM_KINDS
     from .models.loading import DEFAULT_PRESET
 
     parser = argparse.ArgumentParser(prog="python -m reasoning_viz", description=__doc__,
@@ -245,11 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-tokens", type=int, default=Budget.max_tokens)
         p.add_argument("--max-seconds", type=float, default=Budget.max_seconds)
         p.add_argument("--engine-url", metavar="URL",
-                       help="generate the policy's steps through this vLLM server (it must serve the preset's "
-                            "policy); the preset's scorer still runs here")
+                       help="generate the policy's steps through this inference engine, a vLLM server or "
+                            "llama.cpp's llama-server (it must serve the preset's policy); the preset's scorer "
+                            "still runs here")
         p.add_argument("--prm-url", metavar="URL",
                        help="score steps through this vLLM server's pooling API (it must serve the preset's "
-                            "Math-Shepherd-format PRM with the flags of 'prm-flags')")
+                            "PRM with the flags of 'prm-flags')")
 
     solve = sub.add_parser("solve", help="answer one question and record the search")
     solve.add_argument("question")
@@ -283,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--engine-url", metavar="URL", help="as for eval")
     lab.add_argument("--prm-url", metavar="URL", help="as for eval")
-    flags = sub.add_parser("prm-flags", help="the vLLM flags that serve a Math-Shepherd-format PRM for --prm-url")
+    flags = sub.add_parser("prm-flags", help="the vLLM flags that serve a PRM for --prm-url")
     flags.add_argument("model", nargs="?", default=None, help="the PRM's folder or hub id (default: the bundled PRM)")
+    flags.add_argument("--kind", choices=ENGINE_PRM_KINDS, default="math-shepherd",
+                       help="its format: a Math-Shepherd-format causal LM, or Qwen2.5-Math-PRM")
     bench = sub.add_parser("bench", help="generator and PRM speed figures")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
     bench.add_argument("--engine-url", metavar="URL",

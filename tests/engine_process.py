@@ -62,7 +62,7 @@ class VLLMServer:
                                             start_new_session=True)  # its workers go with it in stop()
         while time.time() - t0 < START_SECONDS:
             if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited while starting:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"The engine exited while starting:\n{self.log_path.read_text()[-3000:]}")
             try:
                 if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
                     self.start_seconds = time.time() - t0
@@ -71,7 +71,7 @@ class VLLMServer:
                 pass
             time.sleep(1)
         self.stop()
-        raise RuntimeError(f"vLLM did not start within {START_SECONDS} s:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"The engine did not start within {START_SECONDS} s:\n{self.log_path.read_text()[-3000:]}")
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -91,3 +91,30 @@ class VLLMServer:
             if m and all(f'{k}="{v}"' in m[1] for k, v in labels.items()):
                 total += float(m[2])
         return total
+
+
+LLAMA_SERVER = Path(os.environ.get("RV_LLAMA_SERVER") or ROOT / ".llama-server" / "bin" / "llama-server")
+
+
+def require_llama_server() -> None:
+    if LLAMA_SERVER.exists():
+        return
+    reason = f"llama.cpp's server is not built at {LLAMA_SERVER} (bash scripts/install_llama_server.sh)"
+    if os.environ.get("RV_REQUIRE_ENGINE") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class LlamaServer(VLLMServer):
+    """llama.cpp's ``llama-server`` serving a GGUF file on a free loopback port (up in about a second)."""
+
+    def __init__(self, gguf: Path, slots: int = 4, threads: int = 1):
+        super().__init__(gguf)
+        self.args = [str(LLAMA_SERVER), "-m", self.model, "--host", "127.0.0.1", "--port", str(self.port),
+                     "-c", str(1024 * slots), "-np", str(slots), "-t", str(threads), "--metrics"]
+        self.env = dict(os.environ)
+        self.log_path = self.log_path.with_name(f"reasoning-viz-llama-server-{self.port}.log")
+
+    def busy_slots(self) -> int:
+        """Slots generating now (``/slots``)."""
+        return sum(s["is_processing"] for s in httpx.get(self.url + "/slots", timeout=5).json())

@@ -72,7 +72,7 @@ def test_a_prm_engine_that_is_down_is_one_sentence_and_only_math_shepherd_prms_g
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(EngineError, match=r"^The inference engine at http://127\.0\.0\.1:\d+ is not answering"):
         EnginePRM.connect(url, loading.load_tokenizer(BUNDLED_PRM))
-    with pytest.raises(ValueError, match="scores Math-Shepherd-format PRMs; this preset's scorer is calculator"):
+    with pytest.raises(ValueError, match="scores math-shepherd and qwen-prm PRMs; this preset's scorer is calculator"):
         loading.load_models(str(BUNDLED_STUDENT), "calculator", "calculator", prm_url=url)
     with pytest.raises(ValueError, match="RV_ENGINE_PRM_URL"):
         engine_preset(url, "Qwen/Qwen2.5-0.5B-Instruct", prm_url=url)  # its preset's scorer is an LLM judge
@@ -113,3 +113,38 @@ def test_a_search_whose_prm_engine_hangs_ends_at_its_time_cap(tiny_models):
         assert "time" in tree.run["stopped"] and all(n.step_score is None for n in tree.nodes()[1:])
     finally:
         server.shutdown()
+
+
+class StreamThatFails(http.server.BaseHTTPRequestHandler):
+    """Answers a POST the way llama.cpp's server streams one that fails after it began."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = (b'data: {"index": 0, "tokens": [5], "completion_probabilities": []}\n\n'
+                b'data: {"error": {"code": 500, "message": "slot unavailable", "type": "server_error"}}\n\n')
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_streamed_answer_is_read_event_by_event_and_an_error_inside_it_is_one_sentence():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StreamThatFails)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(EngineError, match=r"refused a request: slot unavailable$"):
+            EngineClient(f"http://127.0.0.1:{server.server_port}").post("/completion", {"stream": True})
+    finally:
+        server.shutdown()
+
+
+def test_prm_flags_refuse_a_tokenizer_without_the_formats_step_tag():
+    from reasoning_viz.models.engine import prm_engine_flags
+
+    with pytest.raises(ValueError, match="not one token of this tokenizer: it is not a Qwen2.5-Math-PRM"):
+        prm_engine_flags(loading.load_tokenizer(BUNDLED_PRM), "qwen-prm")
+    assert "--convert" in prm_engine_flags(loading.load_tokenizer(BUNDLED_PRM))  # Math-Shepherd's own tag is there

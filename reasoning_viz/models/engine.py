@@ -17,6 +17,9 @@ that says the engine is not answering (``EngineError``), and the app keeps servi
 ``/pooling`` request per path, its token ids in the PRM's input format, and vLLM's step pooler returns
 P(``+``) at each step tag — the two-way softmax over the ``+``/``-`` logits that ``MathShepherdPRM``
 reads in-process. ``prm_engine_flags`` gives the flags that make vLLM serve a PRM that way.
+
+``EngineClient`` (JSON or server-sent events over HTTP, with the retries and aborts above) is shared
+with ``llama_server.LlamaServerGenerator``, llama.cpp's counterpart of ``EngineGenerator``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .generator import STEP_DELIMITER, SamplingParams, StepSample, chat_prompt_ids, eos_token_ids
+from .prm_adapters import qwen_prm_ids
 from .scorers import math_shepherd_candidates, math_shepherd_text
 
 RETRIES = 3  # attempts after the first, with backoff 0.5 s, 1 s, 2 s
@@ -47,11 +51,15 @@ class EngineError(RuntimeError):
     """The engine is down, refused a request, or answered something unexpected; the text is for users."""
 
 
+class EngineUnreachable(EngineError):
+    """No answer from the engine after the retries (down, killed, or too slow)."""
+
+
 class _Aborted(Exception):
     pass
 
 
-def _no_check() -> None:
+def no_check() -> None:
     pass
 
 
@@ -111,14 +119,14 @@ class EngineClient:
             raise ValueError(f"The engine URL {url!r} is not an http(s) address.")
         self.url, self.base, self.timeout, self.retries = url.strip().rstrip("/"), parsed, timeout, retries
 
-    def get(self, path: str, check: Callable[[], None] = _no_check) -> Any:
+    def get(self, path: str, check: Callable[[], None] = no_check) -> Any:
         return self.call_many("GET", path, [None], check)[0]
 
-    def post(self, path: str, body: dict, check: Callable[[], None] = _no_check) -> Any:
+    def post(self, path: str, body: dict, check: Callable[[], None] = no_check) -> Any:
         return self.call_many("POST", path, [body], check)[0]
 
     def call_many(self, method: str, path: str, bodies: list[dict | None],
-                  check: Callable[[], None] = _no_check) -> list[Any]:
+                  check: Callable[[], None] = no_check) -> list[Any]:
         """Send every body at once (at most ``MAX_IN_FLIGHT`` open); the answers in order. ``check`` is
         called every 50 ms while waiting: when it raises (a Stop, a time cap), every open request is
         aborted and its exception goes on up."""
@@ -143,7 +151,7 @@ class EngineClient:
                         continue
                     attempts[i] += 1
                     if attempts[i] > self.retries:
-                        raise EngineError(f"The inference engine at {self.url} is not answering ({retry_reason}). "
+                        raise EngineUnreachable(f"The inference engine at {self.url} is not answering ({retry_reason}). "
                                           "Ask the host to start it, or pick a preset that runs in-process.")
                     not_before[i] = time.monotonic() + 0.5 * 2 ** (attempts[i] - 1)
                     pending.append(i)
@@ -165,15 +173,28 @@ class EngineClient:
         if status >= 500 or status == 429:
             return f"HTTP {status}"
         try:
-            data = json.loads(payload)
+            data = _server_sent_events(payload) if payload.startswith(b"data:") else json.loads(payload)
         except ValueError:
             raise EngineError(f"The inference engine at {self.url} answered something that is not JSON "
                               f"(HTTP {status}).") from None
+        if isinstance(data, list) and any(isinstance(e, dict) and "error" in e for e in data):
+            status, data = 400, next(e for e in data if isinstance(e, dict) and "error" in e)  # failed mid-stream
         if status >= 400:
             message = data.get("error", {}).get("message") if isinstance(data.get("error"), dict) else data
             raise EngineError(f"The inference engine at {self.url} refused a request: {str(message)[:200]}")
         results[i] = data
         return None
+
+
+def is_llama_server(client: EngineClient) -> bool:
+    """Whether the engine is llama.cpp's server: it answers ``/props`` with its build and settings."""
+    try:
+        props = client.get("/props")
+    except EngineUnreachable:
+        raise
+    except EngineError:
+        return False  # vLLM has no /props route
+    return isinstance(props, dict) and "default_generation_settings" in props
 
 
 def served_model(client: EngineClient, tokenizer: PreTrainedTokenizerBase, what: str) -> tuple[dict[str, Any], str | None]:
@@ -239,7 +260,7 @@ class EngineGenerator:
             raise ValueError("expand needs at least one prefix and k >= 1")
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("every prefix needs at least one token")
-        check = check or _no_check
+        check = check or no_check
         rows = len(prefixes) if first_tokens is None else len(prefixes) * k
         seeds = torch.randint(0, 2**31 - 1, (rows,), generator=generator).tolist()
         if first_tokens is None:
@@ -269,7 +290,7 @@ class EngineGenerator:
         """log p(token t | tokens before it) for t >= 1 of each sequence (the engine's prompt logprobs)."""
         bodies = [{"model": self.model_name, "prompt": seq, "max_tokens": 1, "temperature": 0.0,
                    "prompt_logprobs": 0} for seq in sequences]
-        answers = self.client.call_many("POST", "/v1/completions", bodies, check or _no_check)
+        answers = self.client.call_many("POST", "/v1/completions", bodies, check or no_check)
         out = []
         for seq, answer in zip(sequences, answers):
             entries = answer["choices"][0]["prompt_logprobs"][1:]
@@ -300,7 +321,7 @@ class EngineGenerator:
         if len(token_logp) != len(tokens) or len(tops) != len(tokens):
             raise EngineError(f"The inference engine at {self.client.url} answered without per-token ids and "
                               "log-probabilities; it must be a vLLM server (0.10 or newer).")
-        margins = [_margin(top.values()) for top in tops]
+        margins = [top2_margin(top.values()) for top in tops]
         if choice.get("finish_reason") == "length":
             finish = "length"
         elif choice.get("stop_reason") == self.step_delimiter:
@@ -314,7 +335,7 @@ class EngineGenerator:
 
     def _forced_sample(self, token: int, choice: dict[str, Any], params: SamplingParams) -> StepSample:
         entry = choice["prompt_logprobs"][-1]  # the forced token's position: its own logprob and the top 2
-        first = (token, entry[str(token)]["logprob"], _margin(e["logprob"] for e in entry.values()))
+        first = (token, entry[str(token)]["logprob"], top2_margin(e["logprob"] for e in entry.values()))
         text = self.tokenizer.decode([token])
         if token in self.eos_ids or (params.stop_at_step and self.step_delimiter in text):
             finish = "eos" if token in self.eos_ids else "step"  # the forced token ends the step by itself
@@ -325,48 +346,66 @@ class EngineGenerator:
         return self._sample(choice, first)
 
 
-def prm_engine_flags(tokenizer: PreTrainedTokenizerBase, step_tag: str = "ки", good_token: str = "+",
+ENGINE_PRM_KINDS = ("math-shepherd", "qwen-prm")  # the PRM formats vLLM's step pooling serves (``EnginePRM``)
+STEP_TAGS = {"math-shepherd": "ки", "qwen-prm": "<extra_0>"}
+
+
+def prm_engine_flags(tokenizer: PreTrainedTokenizerBase, kind: str = "math-shepherd", good_token: str = "+",
                      bad_token: str = "-") -> list[str]:
-    """The flags that make vLLM (0.32) serve a Math-Shepherd-format PRM for ``EnginePRM``: run it as a
-    pooling model whose one output is the two-way softmax of the ``+``/``-`` logits (its score head is
-    the difference of their rows of the LM head), returned at every step tag."""
+    """The flags that make vLLM (0.32) serve a PRM of ``kind`` for ``EnginePRM``, as a pooling model
+    whose output is returned at every step tag. A Math-Shepherd-format PRM is a causal LM: its one output
+    is the two-way softmax of the ``+``/``-`` logits (the score head is the difference of their rows of
+    the LM head). Qwen2.5-Math-PRM (``Qwen2ForProcessRewardModel``) has its own two-class head: vLLM
+    returns both classes' probabilities and the positive one is read."""
+    if kind not in ENGINE_PRM_KINDS:
+        raise ValueError(f"vLLM's step pooling serves {' and '.join(ENGINE_PRM_KINDS)} PRMs, not {kind}")
+    tag_ids = tokenizer.encode(STEP_TAGS[kind], add_special_tokens=False)
+    pooler = {"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": tag_ids[-1]}
+    if kind == "qwen-prm":
+        if len(tag_ids) != 1:
+            raise ValueError(f"{STEP_TAGS[kind]} is not one token of this tokenizer: it is not a Qwen2.5-Math-PRM")
+        return ["--runner", "pooling", "--pooler-config", json.dumps(pooler)]
     bad, good = tokenizer.convert_ids_to_tokens(math_shepherd_candidates(tokenizer, good_token, bad_token)[::-1])
-    tag = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
-    overrides = {"classifier_from_token": [bad, good],
-                 "method": "from_2_way_softmax"}
-    pooler = {"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": tag}
+    overrides = {"classifier_from_token": [bad, good], "method": "from_2_way_softmax"}
     return ["--runner", "pooling", "--convert", "classify", "--hf-overrides", json.dumps(overrides, ensure_ascii=False),
             "--pooler-config", json.dumps(pooler)]
 
 
 class EnginePRM:
-    """A Math-Shepherd-format PRM served by vLLM's pooling API, with the interface of ``MathShepherdPRM``
-    (``StepScorer``). ``tokenizer`` is the PRM's tokenizer, loaded locally: paths are formatted and
-    encoded here and only token ids cross the wire. The engine keeps no state of a run's, so a run's
-    scorer is a copy with its own token count."""
-
-    name = "math-shepherd-prm"
+    """A PRM served by vLLM's pooling API, with the interface of ``MathShepherdPRM`` (``StepScorer``):
+    a Math-Shepherd-format one, or Qwen2.5-Math-PRM (``kind`` ``"qwen-prm"``, its input as ``QwenPRM``
+    builds it). ``tokenizer`` is the PRM's tokenizer, loaded locally: paths are formatted and encoded
+    here and only token ids cross the wire. The engine keeps no state of a run's, so a run's scorer is a
+    copy with its own token count."""
 
     def __init__(self, client: EngineClient, tokenizer: PreTrainedTokenizerBase, served: dict[str, Any],
-                 version: str | None, step_tag: str = "ки"):
-        self.client, self.tokenizer, self.step_tag = client, tokenizer, step_tag
+                 version: str | None, kind: str = "math-shepherd"):
+        if kind not in ENGINE_PRM_KINDS:
+            raise ValueError(f"vLLM's step pooling serves {' and '.join(ENGINE_PRM_KINDS)} PRMs, not {kind}")
+        self.client, self.tokenizer, self.kind, self.step_tag = client, tokenizer, kind, STEP_TAGS[kind]
+        self.name = "math-shepherd-prm" if kind == "math-shepherd" else kind
         self.model_name, self.version = served["id"], version
-        self.step_tag_id = tokenizer.encode(step_tag, add_special_tokens=False)[-1]
+        self.step_tag_id = tokenizer.encode(self.step_tag, add_special_tokens=False)[-1]
         self._tokens_scored = 0
         self._lock = threading.Lock()
 
     @classmethod
-    def connect(cls, url: str, tokenizer: PreTrainedTokenizerBase, **client_options: Any) -> "EnginePRM":
+    def connect(cls, url: str, tokenizer: PreTrainedTokenizerBase, kind: str = "math-shepherd",
+                **client_options: Any) -> "EnginePRM":
         """Reach the engine, check it serves this PRM's tokenizer as a step-pooling model: a one-step path
         must come back with one score in [0, 1]."""
         client = EngineClient(url, **client_options)
+        if is_llama_server(client):
+            raise EngineError(f"The engine at {client.url} is llama.cpp's server, which does not score steps as "
+                              "a PRM: serve the PRM with vLLM (`python -m reasoning_viz prm-flags MODEL`).")
         served, version = served_model(client, tokenizer, "this preset's PRM")
-        prm = cls(client, tokenizer, served, version)
+        prm = cls(client, tokenizer, served, version, kind)
         try:
             (scores,) = prm.score("Tom has 3 apples. He buys 4 more.", [["Buys 4 more: 3 + 4 = 7"]])
         except EngineError as err:
             raise EngineError(f"The inference engine at {client.url} does not score steps as a PRM ({err}). "
-                              "Serve the PRM with the flags of `python -m reasoning_viz prm-flags MODEL`.") from None
+                              f"Serve the PRM with the flags of `python -m reasoning_viz prm-flags MODEL --kind {kind}`."
+                              ) from None
         prm._tokens_scored = 0
         return prm
 
@@ -386,22 +425,30 @@ class EnginePRM:
         run._tokens_scored, run._lock = 0, threading.Lock()
         return run
 
+    def encode(self, question: str, steps: list[str]) -> list[int]:
+        """A path in the PRM's own input format, as token ids."""
+        if self.kind == "qwen-prm":
+            return qwen_prm_ids(self.tokenizer, question, steps, separator=self.step_tag)
+        return self.tokenizer.encode(math_shepherd_text(question, steps, self.step_tag))
+
     def score(self, question: str, paths: list[list[str]], gold: str | None = None,
               check: Callable[[], None] | None = None) -> list[list[float]]:
-        """P(``+``) at every step of every path, one pooling request per path (sent at once)."""
-        seqs = [self.tokenizer.encode(math_shepherd_text(question, steps, self.step_tag)) for steps in paths]
+        """A step's probability of being right at every step of every path, one pooling request per path
+        (sent at once)."""
+        seqs = [self.encode(question, steps) for steps in paths]
         bodies = [{"model": self.model_name, "input": ids, "task": "token_classify"} for ids in seqs]
-        answers = self.client.call_many("POST", "/pooling", bodies, check or _no_check)
+        answers = self.client.call_many("POST", "/pooling", bodies, check or no_check)
         out = []
         for steps, ids, answer in zip(paths, seqs, answers):
             try:
-                scores = [float(v[0] if isinstance(v, list) else v) for v in answer["data"][0]["data"]]
+                # one value per tag (Math-Shepherd's two-way softmax) or both classes (Qwen's head): the last
+                scores = [float(v[-1] if isinstance(v, list) else v) for v in answer["data"][0]["data"]]
             except (KeyError, IndexError, TypeError, ValueError):
                 raise EngineError(f"The inference engine at {self.client.url} answered a pooling request without "
                                   "per-token scores.") from None
             if len(scores) != ids.count(self.step_tag_id) or not all(0.0 <= x <= 1.0 for x in scores):
                 raise EngineError(f"The inference engine at {self.client.url} returned {len(scores)} scores for "
-                                  f"{len(steps)} steps: it must pool the probability of '+' at each step tag.")
+                                  f"{len(steps)} steps: it must pool a step's probability at each step tag.")
             out.append(scores)
         with self._lock:
             self._tokens_scored += sum(len(ids) for ids in seqs)
@@ -412,7 +459,16 @@ def _token_id(key: str) -> int:
     return int(key.rsplit(":", 1)[-1])  # "token_id:123" (return_tokens_as_token_ids)
 
 
-def _margin(logprobs) -> float:
+def _server_sent_events(payload: bytes) -> list[Any]:
+    """The JSON events of a streamed answer (``data: {...}`` lines; ``[DONE]`` ends it)."""
+    events = []
+    for line in payload.decode().splitlines():
+        if line.startswith("data:") and line[5:].strip() != "[DONE]":
+            events.append(json.loads(line[5:]))
+    return events
+
+
+def top2_margin(logprobs) -> float:
     """p(top-1) - p(top-2), from the top log-probabilities the engine returned."""
     top = sorted(logprobs, reverse=True)[:2]
     return math.exp(top[0]) - math.exp(top[1]) if len(top) == 2 else 1.0

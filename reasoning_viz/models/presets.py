@@ -6,10 +6,12 @@ a host can also let them type model ids, restricted by environment variables:
 - ``RV_ALLOWED_MODELS``: comma-separated hub ids users may type (presets are always allowed);
 - ``RV_TRUST_REMOTE_CODE``: comma-separated ids whose repository code the host trusts to run;
 - ``RV_MODELS_DIR``: the only folder local paths may point into;
-- ``RV_ENGINE_URL``: an inference engine (a vLLM server) that serves ``RV_ENGINE_POLICY`` (default: the
-  bundled student); the app then offers the preset "… served by the engine" (``engine.py``);
-- ``RV_ENGINE_PRM_URL``: a vLLM server that serves that preset's Math-Shepherd-format PRM as a pooling
-  model (``engine.prm_engine_flags``), so that its steps are scored there too.
+- ``RV_ENGINE_URL``: an inference engine (a vLLM server, or llama.cpp's ``llama-server``) that serves
+  ``RV_ENGINE_POLICY`` (default: the bundled student); the app then offers the preset "… served by the
+  engine" (``engine.py``, ``llama_server.py``);
+- ``RV_ENGINE_PRM_URL``: a vLLM server that serves that preset's PRM (Math-Shepherd-format, or
+  Qwen2.5-Math-PRM) as a pooling model (``engine.prm_engine_flags``), so that its steps are scored
+  there too.
 
 Nothing a user types ever turns ``trust_remote_code`` on: only the host's list does.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import get_safetensors_metadata
 
+from .engine import ENGINE_PRM_KINDS
 from .generator import DEFAULT_TEMPERATURE
 
 ASSETS_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
@@ -71,7 +74,7 @@ class Preset:
     description: str
     temperature: float = DEFAULT_TEMPERATURE  # default sampling temperature of the policy
     engine_url: str | None = None  # generate through this inference engine instead of in-process
-    prm_url: str | None = None  # score through this engine's pooling API (a Math-Shepherd-format PRM)
+    prm_url: str | None = None  # score through this engine's pooling API (engine.ENGINE_PRM_KINDS)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -116,13 +119,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 def engine_preset(url: str, policy: str, prm_url: str | None = None) -> Preset:
     """The preset a host's engine adds: the scorer of the first preset with the same policy (the bundled
     PRM for the bundled student), else the policy judging itself; the policy's steps come from the engine,
-    and with ``prm_url`` the PRM's scores from that engine (a Math-Shepherd-format PRM only)."""
+    and with ``prm_url`` the PRM's scores from that engine (``engine.ENGINE_PRM_KINDS`` only)."""
     base = next((p for p in PRESETS.values() if p.policy == policy), None)
     if base is None:
         base = Preset("", policy, policy, "self-confidence", MATH_SYSTEM_PROMPT, 0.0, "")
-    if prm_url and base.scorer_kind != "math-shepherd":
-        raise ValueError(f"RV_ENGINE_PRM_URL: the engine preset's scorer is {base.scorer_kind}, not a "
-                         "Math-Shepherd-format PRM that a pooling engine can serve")
+    if prm_url and base.scorer_kind not in ENGINE_PRM_KINDS:
+        raise ValueError(f"RV_ENGINE_PRM_URL: the engine preset's scorer is {base.scorer_kind}, not a PRM "
+                         f"that a pooling engine can serve ({', '.join(ENGINE_PRM_KINDS)})")
     where = f"the PRM's scores from the engine at {prm_url}" if prm_url else f"the {base.scorer_kind} scorer runs here"
     return replace(base, name=f"{Path(policy).name} + {base.scorer_kind}, served by the engine",
                    engine_url=url, prm_url=prm_url or None,

@@ -128,6 +128,15 @@ class QwenProcessRewardModel(Qwen2PreTrainedModel):
         return self.score(hidden)  # (batch, sequence, num_labels)
 
 
+def qwen_prm_ids(tokenizer: PreTrainedTokenizerBase, question: str, steps: list[str], system_prompt: str = QWEN_SYSTEM,
+                 separator: str = "<extra_0>") -> list[int]:
+    """Qwen2.5-Math-PRM's input (its model card): the system prompt, the question, and the steps joined
+    and ended by ``separator``, in the chat template."""
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question},
+                {"role": "assistant", "content": separator.join(_clean(s) for s in steps) + separator}]
+    return tokenizer.encode(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
+
+
 class QwenPRM(_PathScorer):
     name = "qwen-prm"
 
@@ -139,10 +148,7 @@ class QwenPRM(_PathScorer):
         self.separator_id = tokenizer.encode(separator)[0]
 
     def encode(self, question: str, steps: list[str]) -> list[int]:
-        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question},
-                    {"role": "assistant", "content": self.separator.join(_clean(s) for s in steps) + self.separator}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        return self.tokenizer.encode(text)
+        return qwen_prm_ids(self.tokenizer, question, steps, self.system_prompt, self.separator)
 
     def score_path(self, question: str, steps: list[str]) -> list[float]:
         ids = self.encode(question, steps)

@@ -217,7 +217,7 @@ def cmd_lab(args) -> int:
 def cmd_prm_flags(args) -> int:
     import shlex
 
-    from .models.engine import prm_engine_flags
+    from .models.engine_prm import prm_engine_flags
     from .models.loading import load_tokenizer
     from .models.presets import BUNDLED_PRM
 
@@ -229,7 +229,7 @@ def cmd_prm_flags(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .lab import DEFAULT_LARGE
-    from .models.engine import ENGINE_PRM_KINDS
+    from .models.engine_prm import ENGINE_PRM_KINDS
     from .models.loading import DEFAULT_PRESET
 
     parser = argparse.ArgumentParser(prog="python -m reasoning_viz", description=__doc__,

@@ -15,7 +15,8 @@ from gradio_client import Client
 
 from engine_process import VLLMServer, require_vllm
 from app_process import AppProcess
-from reasoning_viz.models.engine import EngineError, EngineGenerator, EnginePRM
+from reasoning_viz.models.engine import EngineError, EngineGenerator
+from reasoning_viz.models.engine_prm import EnginePRM
 from reasoning_viz.models.generator import SamplingParams
 from reasoning_viz.models.loading import load_models, load_tokenizer
 from reasoning_viz.models.presets import BUNDLED_PRM, BUNDLED_STUDENT, DEFAULT_PRESET, PRESETS, engine_preset

@@ -12,7 +12,8 @@ import pytest
 
 from reasoning_viz import service
 from reasoning_viz.models import loading
-from reasoning_viz.models.engine import EngineClient, EngineError, EngineGenerator, EnginePRM
+from reasoning_viz.models.engine import EngineClient, EngineError, EngineGenerator
+from reasoning_viz.models.engine_prm import EnginePRM
 from reasoning_viz.models.presets import BUNDLED_PRM, BUNDLED_STUDENT, engine_preset
 
 
@@ -143,7 +144,7 @@ def test_a_streamed_answer_is_read_event_by_event_and_an_error_inside_it_is_one_
 
 
 def test_prm_flags_refuse_a_tokenizer_without_the_formats_step_tag():
-    from reasoning_viz.models.engine import prm_engine_flags
+    from reasoning_viz.models.engine_prm import prm_engine_flags
 
     with pytest.raises(ValueError, match="not one token of this tokenizer: it is not a Qwen2.5-Math-PRM"):
         prm_engine_flags(loading.load_tokenizer(BUNDLED_PRM), "qwen-prm")

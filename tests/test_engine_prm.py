@@ -12,7 +12,8 @@ import pytest
 
 from engine_process import VLLMServer, require_vllm
 from reasoning_viz.cli import main
-from reasoning_viz.models.engine import EngineError, EnginePRM, prm_engine_flags
+from reasoning_viz.models.engine import EngineError
+from reasoning_viz.models.engine_prm import EnginePRM, prm_engine_flags
 from reasoning_viz.models.loading import DEFAULT_PRESET, load_preset, load_tokenizer
 from reasoning_viz.models.presets import BUNDLED_PRM
 from reasoning_viz.problems.tinygsm import final_answer_line, load_test_set

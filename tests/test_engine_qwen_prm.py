@@ -12,7 +12,7 @@ import torch
 from transformers import Qwen2Config
 
 from engine_process import VLLMServer, require_vllm
-from reasoning_viz.models.engine import EnginePRM, prm_engine_flags
+from reasoning_viz.models.engine_prm import EnginePRM, prm_engine_flags
 from reasoning_viz.models.loading import load_models, load_scorer, load_tokenizer
 from reasoning_viz.models.presets import BUNDLED_STUDENT
 from reasoning_viz.models.prm_adapters import QwenProcessRewardModel

@@ -16,7 +16,8 @@ from gradio_client import Client
 
 from app_process import AppProcess
 from engine_process import LlamaServer, require_llama_server
-from reasoning_viz.models.engine import EngineError, EnginePRM
+from reasoning_viz.models.engine import EngineError
+from reasoning_viz.models.engine_prm import EnginePRM
 from reasoning_viz.models.generator import SamplingParams
 from reasoning_viz.models.llama_server import LlamaServerGenerator
 from reasoning_viz.models.loading import load_models, load_preset, load_tokenizer

@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .generator import DEFAULT_TEMPERATURE, PolicyBackend, StepGenerator
 from .pair import Models
 from . import prm_adapters as pa
-from .engine import ENGINE_PRM_KINDS, EngineClient, EngineGenerator, EnginePRM, is_llama_server
+from .engine import EngineClient, EngineGenerator, is_llama_server
+from .engine_prm import ENGINE_PRM_KINDS, EnginePRM
 from .llama_server import LlamaServerGenerator
 from .presets import (BUNDLED_MODELS, DEFAULT_PRESET, PRESETS, SMOLLM2_GGUF, SMOLLM2_INSTALL,  # noqa: F401
                       Preset, check_fits, estimate_memory_gb, trusts_remote_code)

@@ -10,7 +10,7 @@ a host can also let them type model ids, restricted by environment variables:
   ``RV_ENGINE_POLICY`` (default: the bundled student); the app then offers the preset "… served by the
   engine" (``engine.py``, ``llama_server.py``);
 - ``RV_ENGINE_PRM_URL``: a vLLM server that serves that preset's PRM (Math-Shepherd-format, or
-  Qwen2.5-Math-PRM) as a pooling model (``engine.prm_engine_flags``), so that its steps are scored
+  Qwen2.5-Math-PRM) as a pooling model (``engine_prm.prm_engine_flags``), so that its steps are scored
   there too.
 
 Nothing a user types ever turns ``trust_remote_code`` on: only the host's list does.
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import get_safetensors_metadata
 
-from .engine import ENGINE_PRM_KINDS
+from .engine_prm import ENGINE_PRM_KINDS
 from .generator import DEFAULT_TEMPERATURE
 
 ASSETS_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
@@ -74,7 +74,7 @@ class Preset:
     description: str
     temperature: float = DEFAULT_TEMPERATURE  # default sampling temperature of the policy
     engine_url: str | None = None  # generate through this inference engine instead of in-process
-    prm_url: str | None = None  # score through this engine's pooling API (engine.ENGINE_PRM_KINDS)
+    prm_url: str | None = None  # score through this engine's pooling API (engine_prm.ENGINE_PRM_KINDS)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -119,7 +119,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 def engine_preset(url: str, policy: str, prm_url: str | None = None) -> Preset:
     """The preset a host's engine adds: the scorer of the first preset with the same policy (the bundled
     PRM for the bundled student), else the policy judging itself; the policy's steps come from the engine,
-    and with ``prm_url`` the PRM's scores from that engine (``engine.ENGINE_PRM_KINDS`` only)."""
+    and with ``prm_url`` the PRM's scores from that engine (``engine_prm.ENGINE_PRM_KINDS`` only)."""
     base = next((p for p in PRESETS.values() if p.policy == policy), None)
     if base is None:
         base = Preset("", policy, policy, "self-confidence", MATH_SYSTEM_PROMPT, 0.0, "")

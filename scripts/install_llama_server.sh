@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # llama.cpp's server (llama-server), built from the source that the llama-cpp-python sdist vendors, into
-# .llama-server/bin: the other engine the tests drive (a GGUF model on the CPU). ~13 min on 2 cores
+# .llama-server/bin: the other engine the tests drive (a GGUF model on the CPU). ~7 min on 2 cores
 # (cmake and a C++ compiler; no download but the sdist from the package registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -68,8 +68,8 @@ def test_greedy_chains_agree_with_in_process_until_the_quantised_numerics_tip_a_
     for 15 to 131 tokens). Asserted: the same first 10 tokens, log-probabilities within 0.35 nats up to
     the parting, and a margin under 0.25 where they part."""
     here = load_preset(IN_PROCESS)
-    greedy = SamplingParams(temperature=0.0, max_step_tokens=120, stop_at_step=False)
-    for problem in load_test_set()[::150]:
+    greedy = SamplingParams(temperature=0.0, max_step_tokens=100, stop_at_step=False)
+    for problem in load_test_set()[::300]:  # levels 1 and 4 (the 12 problems above took a minute more)
         prompt = here.generator.prompt_ids(problem.question, here.system_prompt)
         a = here.generator.expand([prompt], 1, greedy)[0][0]
         b = served.generator.expand([prompt], 1, greedy)[0][0]
@@ -97,7 +97,7 @@ def test_every_strategy_runs_through_the_server_to_a_scored_tree(served, server,
 
 def test_a_seed_gives_the_same_tree_through_the_server_and_another_seed_another(served):
     def texts(seed):
-        tree = run_search(QUESTION, "best_of_n", served, small("best_of_n"), seed=seed, gold="7")
+        tree = run_search(QUESTION, "best_of_n", served, small("best_of_n", n=2), seed=seed, gold="7")
         return [n.text for n in tree.nodes()]
 
     first = texts(3)

@@ -1,4 +1,4 @@
-"""The load test (issue #20): 8 concurrent clients x 10 runs each, with RV_CONCURRENCY 1 and 2.
+"""The load test (issue #20): 8 concurrent clients x 6 runs each, with RV_CONCURRENCY 1 and 2.
 
 Against the app in its own process (``python app.py``), through ``gradio_client`` as users' programs
 call it: every run returns, no client gets another's tree, every tree is identical to the same run made
@@ -20,7 +20,7 @@ from gradio_client import Client
 from reasoning_viz.problems.tinygsm import load_test_set
 from reasoning_viz.tree import SearchTree
 
-CLIENTS, RUNS = 8, 10
+CLIENTS, RUNS = 8, 6  # 48 runs at once: enough to cross, and under 90 s a setting on 2 cores
 MEMORY_BOUND_MB = 150  # the server's resident memory after the load, above what it was after the serial runs
 PRESET = "TinyGSM student + PRM (bundled, CPU)"
 PLANS = [("best_of_n", {"n": 3, "max_depth": 5}), ("beam_search", {"n": 4, "beam_width": 2, "max_depth": 5}),

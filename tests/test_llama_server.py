@@ -57,6 +57,7 @@ def test_the_server_is_recognised_and_recorded(served):
     assert isinstance(served.generator, LlamaServerGenerator)
     described = served.generator.describe()
     assert described["engine"] == "llama.cpp" and described["version"].startswith("b")
+    assert described["model"] == SMOLLM2_GGUF.name  # not the server's path to it
     assert served.generator.context_length == 1024
 
 

@@ -25,6 +25,7 @@ Where llama.cpp differs from vLLM, and what is done about it (read in its ``tool
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +48,8 @@ class LlamaServerGenerator:
     def __init__(self, client: EngineClient, tokenizer: PreTrainedTokenizerBase, props: dict[str, Any],
                  step_delimiter: str = STEP_DELIMITER):
         self.client, self.tokenizer, self.step_delimiter = client, tokenizer, step_delimiter
-        self.model_name = str(props.get("model_alias") or props.get("model_path") or "")
+        # the file's name, not the server's path to it (the answer panel shows this to every user)
+        self.model_name = Path(str(props.get("model_alias") or props.get("model_path") or "")).name
         self.version: str | None = props.get("build_info")
         self.context_length: int | None = (props.get("default_generation_settings") or {}).get("n_ctx")
         self.eos_ids = eos_token_ids(tokenizer)

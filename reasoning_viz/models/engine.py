@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .generator import STEP_DELIMITER, SamplingParams, StepSample, chat_prompt_ids, eos_token_ids
+from .generator import (STEP_DELIMITER, SamplingParams, StepSample, chat_prompt_ids, check_expansion,
+                        eos_token_ids)
 
 RETRIES = 3  # attempts after the first, with backoff 0.5 s, 1 s, 2 s
 TIMEOUT_SECONDS = 120.0  # per request: an engine under load queues requests, it does not drop them
@@ -249,11 +250,7 @@ class EngineGenerator:
                first_tokens: list[list[int]] | None = None,
                check: Callable[[], None] | None = None) -> list[list[StepSample]]:
         """``k`` children for each prefix; ``first_tokens[b][j]`` forces child j's first token."""
-        params.validate()
-        if not prefixes or k < 1:
-            raise ValueError("expand needs at least one prefix and k >= 1")
-        if any(len(p) == 0 for p in prefixes):
-            raise ValueError("every prefix needs at least one token")
+        check_expansion(prefixes, k, params)
         check = check or no_check
         rows = len(prefixes) if first_tokens is None else len(prefixes) * k
         seeds = torch.randint(0, 2**31 - 1, (rows,), generator=generator).tolist()

@@ -74,6 +74,15 @@ def encode_steps(tokenizer: PreTrainedTokenizerBase, steps: list[str], delimiter
     return tokenizer.encode(delimiter.join(s.strip() for s in steps), add_special_tokens=False)
 
 
+def check_expansion(prefixes: list[list[int]], k: int, params: SamplingParams) -> None:
+    """What every backend's ``expand`` refuses: bad sampling settings, no prefix, k < 1, an empty prefix."""
+    params.validate()
+    if not prefixes or k < 1:
+        raise ValueError("expand needs at least one prefix and k >= 1")
+    if any(len(p) == 0 for p in prefixes):
+        raise ValueError("every prefix needs at least one token")
+
+
 class OutOfMemory(RuntimeError):
     """The device ran out of memory even at the smallest batch; the message says what to try."""
 
@@ -201,11 +210,7 @@ class StepGenerator:
         ``check`` is called before every decode step (a search passes its cap and Stop test, which
         raises): one expansion of thousands of rows can take longer than a run's whole time cap.
         """
-        params.validate()
-        if not prefixes or k < 1:
-            raise ValueError("expand needs at least one prefix and k >= 1")
-        if any(len(p) == 0 for p in prefixes):
-            raise ValueError("every prefix needs at least one token")
+        check_expansion(prefixes, k, params)
         budget = self.memory_budget_bytes
 
         def attempt(size: float) -> list[list[StepSample]]:

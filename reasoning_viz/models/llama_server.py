@@ -32,7 +32,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .engine import EngineClient, EngineError, no_check, top2_margin
-from .generator import STEP_DELIMITER, SamplingParams, StepSample, chat_prompt_ids, eos_token_ids
+from .generator import (STEP_DELIMITER, SamplingParams, StepSample, chat_prompt_ids, check_expansion,
+                        eos_token_ids)
 
 
 class LlamaServerGenerator:
@@ -81,11 +82,7 @@ class LlamaServerGenerator:
                first_tokens: list[list[int]] | None = None,
                check: Callable[[], None] | None = None) -> list[list[StepSample]]:
         """``k`` children for each prefix; ``first_tokens[b][j]`` forces child j's first token."""
-        params.validate()
-        if not prefixes or k < 1:
-            raise ValueError("expand needs at least one prefix and k >= 1")
-        if any(len(p) == 0 for p in prefixes):
-            raise ValueError("every prefix needs at least one token")
+        check_expansion(prefixes, k, params)
         check = check or no_check
         if first_tokens is None:
             seeds = torch.randint(0, 2**31 - 1, (len(prefixes),), generator=generator).tolist()

@@ -134,8 +134,8 @@ def test_what_the_server_cannot_do_is_refused_in_one_sentence(server, served):
         served.generator.token_logprobs([served.generator.prompt_ids(QUESTION)])
     with pytest.raises(EngineError, match="llama.cpp's server, which does not score steps as a PRM"):
         EnginePRM.connect(server.url, load_tokenizer(BUNDLED_PRM))
-    with pytest.raises(EngineError, match="tokenizer differs"):
-        LlamaServerGenerator.connect(server.url, load_tokenizer(BUNDLED_STUDENT))
+    with pytest.raises(EngineError, match=f"serves '{SMOLLM2_GGUF.name}', whose tokenizer differs"):
+        LlamaServerGenerator.connect(server.url, load_tokenizer(BUNDLED_STUDENT))  # no server path in it
 
 
 def test_the_app_serves_through_the_server_and_survives_its_death(server):

@@ -64,7 +64,8 @@ class LlamaServerGenerator:
         ours = tokenizer.encode(probe, add_special_tokens=False)
         theirs = client.post("/tokenize", {"content": probe, "add_special": False}).get("tokens")
         if theirs != ours:
-            raise EngineError(f"The llama.cpp server at {client.url} serves {props.get('model_path')!r}, whose "
+            served = Path(str(props.get("model_path") or "")).name
+            raise EngineError(f"The llama.cpp server at {client.url} serves {served!r}, whose "
                               "tokenizer differs from this preset's policy: point the preset at the model the "
                               "server serves.")
         return cls(client, tokenizer, props)

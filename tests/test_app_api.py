@@ -260,7 +260,7 @@ def test_training_data_downloads_are_the_sft_paths_and_the_search_trace(client):
     assert json.loads(actions.splitlines()[-1])["action"] == "answer"
 
 
-LAB_ARGS = ("TinyGSM student + PRM (bundled, CPU)", "none", ["best_of_n", "beam_search"], ["1", "2"], ["1"], 1, 0,
+LAB_ARGS = ("TinyGSM student + PRM (bundled, CPU)", "none", ["best_of_n", "beam_search"], ["1", "4"], ["1"], 1, 0,
             "all", "")
 
 
@@ -276,11 +276,13 @@ def test_a_lab_run_draws_its_curves_and_refuses_bad_settings(client):
     assert out[5].startswith("**Done**")
     traces = {t["name"]: t for t in _figure(out[0])["data"]}
     assert set(traces) == {"Best-of-N (PRM) (estimated)", "PRM beam search"}
-    assert all(list(t["x"]) == [1, 2] and all(0 <= y <= 100 for y in t["y"]) for t in traces.values())
-    assert out[4]["headers"] == ["level", "N=1", "N=2"] and [r[0] for r in out[4]["data"]] == ["level 1", "all levels"]
+    assert all(list(t["x"]) == [1, 4] and all(0 <= y <= 100 for y in t["y"]) for t in traces.values())
+    assert out[4]["headers"] == ["level", "N=1", "N=4"] and [r[0] for r in out[4]["data"]] == ["level 1", "all levels"]
     again = client.predict(*LAB_ARGS, api_name="/lab")  # from the cache: the same numbers
     assert _figure(again[0])["data"] == _figure(out[0])["data"]
-    assert _figure(out[1])["data"][0]["y"][-1] > 0  # coverage@2 of the level-1 problem: a right sample
+    # coverage@4 of the level-1 problem: a right sample (N = 4, not 2: the student is right on it in 25 of
+    # 32 samples at 0.8, and with seed 0 its first two samples are both wrong)
+    assert _figure(out[1])["data"][0]["y"][-1] > 0
     sft, sos = client.predict(*LAB_ARGS[:7], api_name="/lab_training")  # whose path is training data
     records = [json.loads(line) for line in open(sft, encoding="utf-8")]
     assert sft.endswith(".sft.jsonl") and records and all(r["source"] == "verified" for r in records)

@@ -76,13 +76,14 @@ def corrupted(step: str, kind: str, k: int) -> str:
 def test_prm_prefers_correct_steps_to_corrupted_copies(bundled_models):
     """One score in [0, 1] per step, and the correct step above its corrupted copy more often than chance.
 
-    Measured on this fixed set of 50 held-out problems with the PRM built on the larger model: 50/50 for a
-    result off by one (the student's own kind of slip), 48/50 for a far-off result, 31/50 for garbled
-    words after a right result (the PRM reads the larger model's surprise at numbers far better than at
-    words; the PRM before it, on the policy's own surprise: 50/50 and 49/50 for the last two). The floors
-    sit a little under the measured rates, so a retrained PRM that stops checking results fails here.
+    Measured on this fixed set of 50 held-out problems with the PRM built on the larger model and
+    labelled by the student: 50/50 for a result off by one (the student's own kind of slip), 50/50 for a
+    far-off result, 41/50 for garbled words after a right result (it reads the larger model's surprise
+    at numbers better than at words; the PRM labelled by the student trained without slips: 50, 48 and
+    31). The floors sit a little under the measured rates, so a retrained PRM that stops checking
+    results fails here.
     """
-    floors = {"off-by-one": 0.94, "off-by-large": 0.9, "garbled": 0.55}
+    floors = {"off-by-one": 0.94, "off-by-large": 0.94, "garbled": 0.7}
     prm = bundled_models.scorer
     prm.reset()
     problems = [p for p in load_test_set() if p.level >= 2][::10]

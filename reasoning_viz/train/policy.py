@@ -80,8 +80,9 @@ def chat_example(tokenizer, problem: Problem, unlearned: tuple[int, int] | None 
 def with_slip(problem: Problem, rng: random.Random) -> tuple[Problem, tuple[int, int]] | None:
     """The problem with one working step's result written wrong (off by 1, 2 or 10, as a small model
     slips) and every later step, and the answer, carried on from the wrong value; and where that wrong
-    result stands in the solution, so that it is not learnt. None when no slip keeps every later
-    quantity a positive whole number in range.
+    result stands in the solution, so that it is not learnt. None when no slip keeps the wrong result
+    positive and every quantity after it a whole number in range (the wrong result itself may pass the
+    level's largest number by up to 10).
 
     Why: trained on gold solutions alone, where the written results and the question always agree, the
     student learns to track the running value from the question as well as from its own lines, and a
@@ -106,6 +107,13 @@ def with_slip(problem: Problem, rng: random.Random) -> tuple[Problem, tuple[int,
             return slipped, (start, start + len(steps[j]) - parsed[j].start(4))
     return None
 
+
+
+def training_example(tokenizer, problem: Problem, slips: float, rng: random.Random) -> tuple[list[int], list[int]]:
+    """One training example: with probability ``slips`` the problem with a slip (``with_slip``), its
+    wrong result not learnt; otherwise the gold solution."""
+    slipped = with_slip(problem, rng) if rng.random() < slips else None
+    return chat_example(tokenizer, *slipped) if slipped else chat_example(tokenizer, problem)
 
 class ProblemStream:
     """An endless seeded stream of training problems, none of which is in the held-out set."""
@@ -154,12 +162,8 @@ def train_policy(cfg: PolicyTrainConfig) -> Path:
     stream = ProblemStream(cfg.seed)
     slip_rng = random.Random(cfg.seed + 1)  # its own stream: the problems drawn do not depend on ``slips``
 
-    def example(problem: Problem) -> tuple[list[int], list[int]]:
-        slipped = with_slip(problem, slip_rng) if slip_rng.random() < cfg.slips else None
-        return chat_example(tokenizer, *slipped) if slipped else chat_example(tokenizer, problem)
-
     def next_batch(step: int) -> dict[str, torch.Tensor]:
-        examples = [example(stream.next()) for _ in range(cfg.batch_size)]
+        examples = [training_example(tokenizer, stream.next(), cfg.slips, slip_rng) for _ in range(cfg.batch_size)]
         return pad_batch([e[0] for e in examples], [e[1] for e in examples], tokenizer.pad_token_id)
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
